@@ -1,0 +1,359 @@
+"""The Bootleg ViT encoder (SPEC §3): `BootlegModel`, `BootlegBackbone` and their building blocks.
+
+Token layout `[CLS, REG×R, patches]`; a fixed 2-D sin-cos position embedding (MAE layout) on patches only; pre-LN
+blocks; final LayerNorm. Parameter names follow timm's `VisionTransformer` under the HF prefix, so a timm model built
+with `class_token=True, reg_tokens=R, no_embed_class=True` holding the same weights gives the same hidden states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_bootleg import BootlegConfig
+from .targets import TargetTerm
+
+
+def sincos_position_embedding(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """MAE-layout 2-D sin-cos table `[grid_h·grid_w, dim]` (float32, raster order).
+
+    The first `dim/2` channels encode the column and the last `dim/2` the row; each half is
+    `[sin(p·ω), cos(p·ω)]` with ω_i = 10000^(−i/(dim/4)), i < dim/4. Built in float64 so every grid is exact.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64),
+                                indexing="ij")
+
+    def half(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([half(cols), half(rows)], dim=1).float()
+
+
+def check_indices(indices: torch.Tensor | Sequence, batch_size: int, num_patches: int, name: str) -> torch.Tensor:
+    """Validate patch indices `[B, K]` (raster order, 0 ≤ i < N) and return them as a long tensor."""
+    if not isinstance(indices, torch.Tensor):
+        try:
+            indices = torch.as_tensor(indices)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{name} must be a [batch, K] integer tensor with the same K for every image "
+                             f"(ragged lists are not allowed): {err}") from None
+    if indices.dtype.is_floating_point or indices.dtype == torch.bool or indices.ndim != 2:
+        raise ValueError(f"{name} must be a [batch, K] integer tensor, got dtype {indices.dtype} and shape "
+                         f"{tuple(indices.shape)}")
+    if indices.shape[0] != batch_size:
+        raise ValueError(f"{name} has {indices.shape[0]} rows but the batch has {batch_size} images")
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_patches):
+        raise ValueError(f"{name} must lie in [0, {num_patches}) for this {num_patches}-patch grid, got values in "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
+    return indices.long()
+
+
+def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """`x [B, N, D]`, `indices [B, K]` → `[B, K, D]`."""
+    return torch.gather(x, 1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class BootlegPatchEmbed(nn.Module):
+    """`Conv2d(C, D, P, stride=P)` → `[B, N, D]` patch tokens in raster order."""
+
+    def __init__(self, config: BootlegConfig):
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.num_channels = config.num_channels
+        self.proj = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, stride=config.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be [batch, channels, height, width], got shape "
+                             f"{tuple(pixel_values.shape)}")
+        if pixel_values.shape[1] != self.num_channels:
+            raise ValueError(f"pixel_values has {pixel_values.shape[1]} channels but the model expects "
+                             f"{self.num_channels} (config.num_channels)")
+        h, w = pixel_values.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"image size {h}x{w} is not divisible by the patch size {self.patch_size}")
+        x = self.proj(pixel_values.to(self.proj.weight.dtype))
+        return x.flatten(2).transpose(1, 2)
+
+
+class BootlegEmbeddings(nn.Module):
+    """Patch embedding + sin-cos on patches, optional student gather, then `[CLS, REG×R]` prepended (no position)."""
+
+    def __init__(self, config: BootlegConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embed = BootlegPatchEmbed(config)
+        d = config.hidden_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if config.use_cls_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, config.num_register_tokens, d)) if config.num_register_tokens else None
+        # Non-persistent: regenerated analytically, so it is never stale in a checkpoint (and is refilled by
+        # `_init_weights` after transformers' meta-device loading).
+        self.register_buffer("pos_embed", sincos_position_embedding(d, *config.grid_size)[None], persistent=False)
+
+    def position_embedding(self, grid_h: int, grid_w: int, dtype: torch.dtype) -> torch.Tensor:
+        if (grid_h, grid_w) == tuple(self.config.grid_size):
+            return self.pos_embed.to(dtype)
+        return sincos_position_embedding(self.config.hidden_size, grid_h, grid_w)[None].to(self.pos_embed.device, dtype)
+
+    def forward(self, pixel_values: torch.Tensor, context_indices: torch.Tensor | None = None,
+                interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """`pixel_values [B, C, H, W]` → tokens `[B, R+1 + N (or K), D]`."""
+        x = self.patch_embed(pixel_values)  # validates shape, channels and divisibility first
+        h, w = pixel_values.shape[-2:]
+        if not interpolate_pos_encoding and (h, w) != self.config.image_hw:
+            raise ValueError(f"input image size {h}x{w} does not match the model's {self.config.image_hw[0]}x"
+                             f"{self.config.image_hw[1]}; pass interpolate_pos_encoding=True to use another size")
+        x = x + self.position_embedding(h // self.config.patch_size, w // self.config.patch_size, x.dtype)
+        if context_indices is not None:
+            x = gather_tokens(x, check_indices(context_indices, x.shape[0], x.shape[1], "context_indices").to(x.device))
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        return torch.cat([*prefix, x], dim=1) if prefix else x
+
+
+class BootlegAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (timm layout); SDPA or eager."""
+
+    def __init__(self, config: BootlegConfig, hidden_size: int | None = None, num_heads: int | None = None):
+        super().__init__()
+        self.config = config
+        d = hidden_size or config.hidden_size
+        self.num_heads = num_heads or config.num_attention_heads
+        self.head_dim = d // self.num_heads
+        self.scale = self.head_dim**-0.5
+        self.is_causal = False
+        self.qkv = nn.Linear(d, 3 * d, bias=config.qkv_bias)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        impl = self.config._attn_implementation or "sdpa"
+        weights = None
+        if output_attentions or impl == "eager":  # weights only exist on the explicit path
+            weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            out = (weights @ v).transpose(1, 2)
+        elif impl == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        else:  # flash / flex / registered kernels: the transformers attention interface, [B, N, H, d] out
+            out, _ = ALL_ATTENTION_FUNCTIONS[impl](self, q, k, v, None, dropout=0.0, scaling=self.scale)
+        return self.proj(out.reshape(b, n, d)), (weights if output_attentions else None)
+
+
+class BootlegMlp(nn.Module):
+    def __init__(self, config: BootlegConfig, hidden_size: int | None = None, intermediate_size: int | None = None):
+        super().__init__()
+        d = hidden_size or config.hidden_size
+        self.fc1 = nn.Linear(d, intermediate_size or config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(intermediate_size or config.intermediate_size, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class BlockOutput(NamedTuple):
+    """Everything a block computes: `out = mid + mlp`, `mid = input + attn` (residual terms kept for targets)."""
+
+    out: torch.Tensor
+    attn: torch.Tensor
+    mid: torch.Tensor
+    mlp: torch.Tensor
+    weights: torch.Tensor | None
+
+
+class BootlegBlock(GradientCheckpointingLayer):
+    """Pre-LN transformer block: `x + attn(LN(x))`, then `+ mlp(LN(·))`. Also used by the predictor at its width."""
+
+    def __init__(self, config: BootlegConfig, hidden_size: int | None = None, num_heads: int | None = None):
+        super().__init__()
+        d = hidden_size or config.hidden_size
+        self.norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.attn = BootlegAttention(config, d, num_heads)
+        self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.mlp = BootlegMlp(config, d, int(d * config.intermediate_size / config.hidden_size))
+
+    def forward(self, x: torch.Tensor, output_attentions: bool = False) -> BlockOutput:
+        attn, weights = self.attn(self.norm1(x), output_attentions)
+        mid = x + attn
+        mlp = self.mlp(self.norm2(mid))
+        return BlockOutput(mid + mlp, attn, mid, mlp, weights)
+
+
+class BootlegPreTrainedModel(PreTrainedModel):
+    config_class = BootlegConfig
+    base_model_prefix = "bootleg"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BootlegEmbeddings", "BootlegBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # transformers v5 runs this per leaf-owning module, skipping loaded tensors (init.* are no-ops on them).
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            if module.weight is not None:
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+        elif isinstance(module, BootlegEmbeddings):
+            for token in (module.cls_token, module.reg_token):
+                if token is not None:
+                    init.trunc_normal_(token, std=std)
+            init.copy_(module.pos_embed, sincos_position_embedding(module.config.hidden_size,
+                                                                   *module.config.grid_size)[None])
+        elif hasattr(module, "init_bootleg_weights"):  # heads/predictor own their special tensors
+            module.init_bootleg_weights(std)
+
+
+class BootlegModel(BootlegPreTrainedModel):
+    """The Bootleg encoder.
+
+    Outputs (`BaseModelOutputWithPooling`): `last_hidden_state [B, 1+R+N, D]` after the final LayerNorm,
+    `pooler_output [B, D]` = CLS after the final LayerNorm (mean patch token if `use_cls_token=False`),
+    `hidden_states[0]` = embeddings and `hidden_states[k]` = output of block k **before** the final LayerNorm.
+    With `context_indices [B, K]` only those patches (plus CLS/registers) are encoded (student mode): N becomes K.
+    """
+
+    def __init__(self, config: BootlegConfig):
+        super().__init__(config)
+        self.embeddings = BootlegEmbeddings(config)
+        self.blocks = nn.ModuleList(BootlegBlock(config) for _ in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embed
+
+    def pool(self, normed: torch.Tensor) -> torch.Tensor:
+        """`[B, T, D]` final-LN tokens → `[B, D]` (CLS, or mean of the patch tokens without a CLS token)."""
+        return normed[:, 0] if self.config.use_cls_token else normed[:, self.config.num_prefix_tokens:].mean(1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        context_indices: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        x = self.embeddings(pixel_values, context_indices, bool(interpolate_pos_encoding))
+        hidden_states, attentions = [x] if output_hidden_states else None, [] if output_attentions else None
+        for block in self.blocks:
+            x, *_, weights = block(x, output_attentions)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if output_attentions:
+                attentions.append(weights)
+        normed = self.norm(x)
+        out = BaseModelOutputWithPooling(
+            last_hidden_state=normed,
+            pooler_output=self.pool(normed),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+        return out if return_dict else out.to_tuple()
+
+    def forward_representations(
+        self,
+        pixel_values: torch.Tensor,
+        terms: Sequence[TargetTerm | tuple[int, str]],
+        context_indices: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> list[torch.Tensor]:
+        """Fast path for teacher targets and backbones: only the requested representations, all tokens each.
+
+        `terms` are `(block, kind)` pairs: kind `out` / `mid` / `attn` / `mlp` of block k (1-based), `embed` (block 0,
+        tokenizer output) or `final` (final-LN output). Blocks after the deepest request are not run and no other
+        hidden state is kept. Returns tensors `[B, 1+R+N, D]` in the order of `terms`.
+        """
+        terms = [TargetTerm(*t) if isinstance(t, tuple) else t for t in terms]
+        for t in terms:
+            valid = t.kind in ("out", "mid", "attn", "mlp") and 1 <= t.block <= len(self.blocks)
+            if not (valid or t.kind in ("embed", "final")):
+                raise ValueError(f"cannot produce representation {t} from a {len(self.blocks)}-block encoder")
+        deepest = len(self.blocks) if any(t.kind == "final" for t in terms) else max(
+            (t.block for t in terms if t.kind != "embed"), default=0)
+        x = self.embeddings(pixel_values, context_indices, interpolate_pos_encoding)
+        found: dict[tuple[int, str], torch.Tensor] = {(0, "embed"): x}
+        for k, block in enumerate(self.blocks[:deepest], start=1):
+            parts = block(x)
+            x = parts.out
+            for t in terms:
+                if t.block == k and t.kind in ("out", "mid", "attn", "mlp"):
+                    found[(k, t.kind)] = getattr(parts, t.kind)
+        if any(t.kind == "final" for t in terms):
+            found[(len(self.blocks), "final")] = self.norm(x)
+        return [found[(t.block, t.kind)] for t in terms]
+
+
+class BootlegBackbone(BackboneMixin, BootlegModel):
+    """Bootleg encoder as a `transformers` backbone: feature maps `(B, D, h, w)` for `config.out_indices`.
+
+    Stage k is the output of block k (stage 0 = `stem`, the embeddings); CLS and registers are dropped; with
+    `config.apply_layernorm` each map goes through the encoder's final LayerNorm first (as DINOv2's backbone does).
+    Same parameter names as `BootlegModel`, so an encoder checkpoint loads directly.
+    """
+
+    def __init__(self, config: BootlegConfig):
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states or output_attentions:
+            full = BootlegModel.forward(self, pixel_values, interpolate_pos_encoding=True,
+                                        output_hidden_states=True, output_attentions=output_attentions)
+            stages = [full.hidden_states[i] for i in self.out_indices]
+        else:
+            full = None
+            stages = self.forward_representations(
+                pixel_values, [(i, "out") if i else (0, "embed") for i in self.out_indices], interpolate_pos_encoding=True)
+        grid_h, grid_w = (s // self.config.patch_size for s in pixel_values.shape[-2:])
+        feature_maps = []
+        for h in stages:
+            h = self.norm(h) if self.config.apply_layernorm else h
+            h = h[:, self.config.num_prefix_tokens:]
+            if self.config.reshape_hidden_states:
+                h = h.reshape(h.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
+            feature_maps.append(h)
+        out = BackboneOutput(feature_maps=tuple(feature_maps),
+                             hidden_states=full.hidden_states if output_hidden_states else None,
+                             attentions=full.attentions if output_attentions else None)
+        return out if return_dict else out.to_tuple()
+
+
+__all__ = ["BootlegPreTrainedModel", "BootlegModel", "BootlegBackbone", "sincos_position_embedding"]
