@@ -13,6 +13,10 @@ from transformers import (
 )
 
 from .configuration_bootleg import PRESETS, BootlegConfig
+from .losses import MSELossNoForward, mse_loss
+from .masking import BootlegDataCollator, MaskBatch, MaskGenerator
+from .modeling_bootleg_pretraining import BootlegForPretraining, BootlegPredictor, BootlegPretrainingOutput
+from .trainer import BootlegTrainer, BootlegTrainingArguments, NonFiniteLossError, mask_generator_from_config
 from .conversion import bootleg_to_timm, config_from_timm, timm_to_bootleg
 from .image_processing_bootleg import make_image_processor
 from .modeling_bootleg import BootlegBackbone, BootlegModel, BootlegPreTrainedModel, sincos_position_embedding
@@ -29,5 +33,7 @@ AutoImageProcessor.register(BootlegConfig, image_processor_classes={"pil": BeitI
 __all__ = [
     "PRESETS", "BootlegConfig", "BootlegModel", "BootlegPreTrainedModel", "BootlegBackbone", "TargetSpec",
     "TargetTerm", "make_image_processor", "sincos_position_embedding", "timm_to_bootleg", "bootleg_to_timm",
-    "config_from_timm",
+    "config_from_timm", "MaskGenerator", "MaskBatch", "BootlegDataCollator", "BootlegForPretraining", "BootlegPredictor",
+    "BootlegPretrainingOutput", "MSELossNoForward", "mse_loss", "BootlegTrainer", "BootlegTrainingArguments",
+    "NonFiniteLossError", "mask_generator_from_config",
 ]

@@ -236,6 +236,9 @@ class BootlegModel(BootlegPreTrainedModel):
     With `context_indices [B, K]` only those patches (plus CLS/registers) are encoded (student mode): N becomes K.
     """
 
+    # a pretraining checkpoint holds the teacher under this prefix; its student and predictor are not ours
+    _keys_to_ignore_on_load_unexpected = [r"^student\.", r"^predictor\."]
+
     def __init__(self, config: BootlegConfig):
         super().__init__(config)
         self.embeddings = BootlegEmbeddings(config)

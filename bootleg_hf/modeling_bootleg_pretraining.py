@@ -1,0 +1,203 @@
+"""`BootlegForPretraining`: student, EMA teacher, predictor, targets and loss (SPEC §4).
+
+Parameter layout: `bootleg.*` is the **teacher** (stored under the base-model prefix so that
+`AutoModel.from_pretrained(pretraining_checkpoint)` loads the teacher, the weights the paper evaluates),
+`student.*` the student encoder and `predictor.*` the predictor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .configuration_bootleg import BootlegConfig
+from .losses import mse_loss
+from .modeling_bootleg import (
+    BootlegBlock,
+    BootlegModel,
+    BootlegPreTrainedModel,
+    check_indices,
+    gather_tokens,
+    sincos_position_embedding,
+)
+from .targets import merge_targets, normalized_pixels, patchify, zscore
+
+
+@dataclass
+class BootlegPretrainingOutput(ModelOutput):
+    """`loss` (scalar MSE; a zero placeholder with the right gradient when `compute_loss_value=False`),
+    `predictions` / `targets` `[B, R, T, D_t]` (on request), `target_std [|L|]` per-target-layer std of the z-scored
+    targets over tokens (collapse monitor: → 0 when all tokens look alike)."""
+
+    loss: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    target_std: torch.Tensor | None = None
+
+
+class BootlegPredictor(nn.Module):
+    """Narrow ViT predicting teacher targets at masked positions (SPEC §4.1).
+
+    One sequence per target rectangle, batched (rectangles never attend to each other):
+    `[predictor registers, CLS', context', mask tokens]`, where CLS' and context' are the student's final-LN outputs
+    projected to the predictor width; context' and mask tokens get the predictor's own sin-cos; one shared mask token.
+    """
+
+    def __init__(self, config: BootlegConfig):
+        super().__init__()
+        self.config = config
+        dp = config.predictor_hidden_size
+        self.embed = nn.Linear(config.hidden_size, dp)
+        self.reg_token = nn.Parameter(torch.zeros(1, config.predictor_num_register_tokens, dp))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dp))
+        self.register_buffer("pos_embed", sincos_position_embedding(dp, *config.grid_size)[None], persistent=False)
+        self.blocks = nn.ModuleList(BootlegBlock(config, dp, config.predictor_num_attention_heads)
+                                    for _ in range(config.predictor_num_hidden_layers))
+        self.norm = nn.LayerNorm(dp, eps=config.layer_norm_eps)
+        spec = config.target_spec
+        self.head = nn.Linear(dp, spec.target_dim(config.hidden_size, config.patch_size, config.num_channels))
+
+    def init_bootleg_weights(self, std: float) -> None:
+        from transformers import initialization as init
+
+        init.trunc_normal_(self.reg_token, std=std)
+        init.trunc_normal_(self.mask_token, std=std)
+        init.copy_(self.pos_embed, sincos_position_embedding(self.config.predictor_hidden_size,
+                                                             *self.config.grid_size)[None])
+
+    def forward(self, cls: torch.Tensor | None, context: torch.Tensor, context_indices: torch.Tensor,
+                target_indices: torch.Tensor) -> torch.Tensor:
+        """`cls [B, 1, D]` (or None), `context [B, K, D]`, `context_indices [B, K]`, `target_indices [B, R, T]`
+        → predictions `[B, R, T, D_t]`."""
+        b, r, t = target_indices.shape
+        pos = self.pos_embed.to(context.dtype).expand(b, -1, -1)
+        ctx = self.embed(context) + gather_tokens(pos, context_indices)
+        queries = self.mask_token + gather_tokens(pos, target_indices.reshape(b, r * t)).reshape(b * r, t, -1)
+        shared = [self.reg_token.expand(b, -1, -1)] + ([self.embed(cls)] if cls is not None else []) + [ctx]
+        shared = torch.cat(shared, dim=1)  # [B, S, Dp], identical for the R rectangles of an image
+        x = torch.cat([shared.repeat_interleave(r, dim=0), queries], dim=1)  # [B·R, S + T, Dp]
+        for block in self.blocks:
+            x = block(x).out
+        return self.head(self.norm(x[:, -t:])).reshape(b, r, t, -1)
+
+
+class BootlegForPretraining(BootlegPreTrainedModel):
+    """Bootleg pretraining: the student encodes the context, the predictor predicts the teacher's multi-layer
+    targets at the target rectangles, the loss is MSE, and the teacher follows the student by EMA
+    (`update_teacher`, called by `BootlegTrainer` after every optimizer step).
+
+    The teacher has no gradients and is always in eval mode. It starts as an exact copy of the student.
+    """
+
+    accepts_loss_kwargs = False  # the loss is a mean over target elements, independent of any label count
+
+    def __init__(self, config: BootlegConfig):
+        super().__init__(config)
+        self.student = BootlegModel(config)
+        self.bootleg = BootlegModel(config)  # the teacher (see module docstring for the name)
+        self.predictor = BootlegPredictor(config)
+        self.target_spec = config.target_spec
+        self.post_init()
+        self.bootleg.requires_grad_(False)
+        self.init_teacher_from_student()
+
+    @property
+    def teacher(self) -> BootlegModel:
+        return self.bootleg
+
+    @torch.no_grad()
+    def init_teacher_from_student(self) -> None:
+        """Teacher ← exact copy of the student (a no-op on the meta device, where the checkpoint fills both)."""
+        for t, s in zip(self.teacher.parameters(), self.student.parameters()):
+            t.copy_(s)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """θ_teacher ← m·θ_teacher + (1 − m)·θ_student, with fused foreach ops (one kernel per dtype group)."""
+        teacher = [p for p in self.teacher.parameters()]
+        student = [p.detach() for p in self.student.parameters()]
+        torch._foreach_lerp_(teacher, student, 1.0 - momentum)
+
+    def train(self, mode: bool = True) -> "BootlegForPretraining":
+        super().train(mode)
+        self.teacher.eval()  # the Trainer calls model.train() every step; the teacher must stay in eval mode
+        return self
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "BootlegForPretraining":
+        model = super().from_pretrained(*args, **kwargs)
+        model.teacher.requires_grad_(False)  # loading re-creates parameters with requires_grad=True
+        return model
+
+    @classmethod
+    def from_encoder(cls, encoder: BootlegModel, **config_overrides) -> "BootlegForPretraining":
+        """Continue pretraining from an encoder (e.g. a converted checkpoint): student = teacher = `encoder`."""
+        config = BootlegConfig(**{**encoder.config.to_dict(), **config_overrides})
+        model = cls(config)
+        model.student.load_state_dict(encoder.state_dict())
+        model.init_teacher_from_student()
+        return model
+
+    @torch.no_grad()
+    def compute_targets(self, pixel_values: torch.Tensor, target_indices: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+        """Teacher targets `[B, R, T, D_t]` (fp32) from one teacher pass, plus per-term std `[|L|]`.
+
+        Each requested representation is gathered at the target cells, z-scored per token over channels, and merged
+        (`concat`, or data2vec-style `average`).
+        """
+        b, r, t = target_indices.shape
+        flat = target_indices.reshape(b, r * t)
+        prefix = self.config.num_prefix_tokens
+        features = iter(self.teacher.forward_representations(pixel_values, self.target_spec.feature_terms)
+                        if self.target_spec.feature_terms else [])
+        per_term = []
+        for term in self.target_spec.terms:
+            if term.kind == "pixels":
+                per_term.append(normalized_pixels(gather_tokens(patchify(pixel_values, self.config.patch_size), flat)))
+            else:
+                per_term.append(zscore(gather_tokens(next(features)[:, prefix:], flat)))
+        target_std = torch.stack([x.std(dim=(0, 1)).mean() for x in per_term])
+        return merge_targets(per_term, self.target_spec.merge).reshape(b, r, t, -1), target_std
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        context_indices: torch.Tensor,
+        target_indices: torch.Tensor,
+        return_loss: bool = True,
+        compute_loss_value: bool = True,
+        output_predictions: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BootlegPretrainingOutput | tuple:
+        """`pixel_values [B, C, H, W]`, `context_indices [B, K]`, `target_indices [B, R, T]` (raster order)."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        n = self.config.num_patches
+        context_indices = check_indices(context_indices, pixel_values.shape[0], n, "context_indices")
+        target_indices = torch.as_tensor(target_indices)
+        if target_indices.ndim != 3:
+            raise ValueError(f"target_indices must be [batch, rectangles, tokens], got {tuple(target_indices.shape)}")
+        check_indices(target_indices.flatten(1), pixel_values.shape[0], n, "target_indices")
+        target_indices = target_indices.long().to(pixel_values.device)
+        context_indices = context_indices.to(pixel_values.device)
+
+        targets, target_std = self.compute_targets(pixel_values, target_indices)
+        encoded = self.student(pixel_values, context_indices=context_indices).last_hidden_state
+        prefix = self.config.num_prefix_tokens
+        cls = encoded[:, :1] if self.config.use_cls_token else None  # registers are dropped (SPEC §4.1)
+        predictions = self.predictor(cls, encoded[:, prefix:], context_indices, target_indices)
+        loss = mse_loss(predictions.float(), targets, compute_loss_value) if return_loss else None
+        out = BootlegPretrainingOutput(
+            loss=loss,
+            predictions=predictions if output_predictions else None,
+            targets=targets if output_predictions else None,
+            target_std=target_std,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+__all__ = ["BootlegForPretraining", "BootlegPredictor", "BootlegPretrainingOutput"]

@@ -1,0 +1,373 @@
+"""Pretraining (SPEC §4, §6): targets, loss, predictor, EMA, trainer schedules, exact resume, NaN stop, recipes."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+
+import bootleg_hf
+from bootleg_hf import (
+    BootlegForPretraining,
+    BootlegTrainer,
+    BootlegTrainingArguments,
+    MSELossNoForward,
+    NonFiniteLossError,
+    TargetSpec,
+)
+from bootleg_hf.targets import TargetTerm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- TargetSpec ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec,layers,blocks", [
+    ("1:4:12", 12, [1, 4, 8, 12]),
+    ("1:4:24", 24, [1, 4, 8, 12, 16, 20, 24]),
+    ("1:6:12", 12, [1, 6, 12]),
+    ("2:2:12", 12, [2, 4, 6, 8, 10, 12]),
+    ("1:1:12", 12, list(range(1, 13))),
+    ("3-12", 12, list(range(3, 13))),
+    ("5", 12, [5]),
+    ("9-12,1:4:12", 12, [9, 10, 11, 12, 1, 4, 8]),  # ordered, duplicates dropped
+])
+def test_target_spec_block_grammar(spec, layers, blocks):
+    parsed = TargetSpec.parse(spec, layers)
+    assert [t.block for t in parsed.terms] == blocks and all(t.kind == "out" for t in parsed.terms)
+
+
+def test_target_spec_kinds_specials_and_dims():
+    spec = TargetSpec.parse("1:1:12.attn,1:1:12.out", 12)
+    assert len(spec.terms) == 24 and spec.terms[0] == TargetTerm(1, "attn") and spec.terms[12] == TargetTerm(1, "out")
+    assert TargetSpec.parse("final", 12).terms == (TargetTerm(12, "final"),)
+    assert TargetSpec.parse("embed,pixels", 12).terms == (TargetTerm(0, "embed"), TargetTerm(0, "pixels"))
+    assert TargetSpec.parse("1:4:12", 12).target_dim(384, 16, 3) == 1536  # the paper's ViT-S target width
+    assert TargetSpec.parse("1:4:24", 24).target_dim(1024, 16, 3) == 7168
+    assert TargetSpec.parse("1:4:12", 12, merge="average").target_dim(768, 16, 3) == 768
+    assert TargetSpec.parse("pixels", 12).target_dim(768, 16, 3) == 768
+    assert TargetSpec.parse("3.mid", 4).deepest_block == 3
+
+
+@pytest.mark.parametrize("spec,merge,message", [
+    ("13", "concat", "outside the encoder's blocks 1..12"),
+    ("1:4:16", "concat", r"\[16\]"),
+    ("0", "concat", "outside"),
+    ("4.foo", "concat", "unknown target kind"),
+    ("", "concat", "empty"),
+    ("1:4", "concat", "cannot parse"),
+    ("pixels,1:4:12", "average", "cannot mix"),
+    ("1:4:12", "sum", "merge"),
+])
+def test_target_spec_errors(spec, merge, message):
+    with pytest.raises(ValueError, match=message):
+        TargetSpec.parse(spec, 12, merge)
+
+
+# ---- loss ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_mse_loss_no_forward_gradient_equals_mse(dtype, tol):
+    torch.manual_seed(0)
+    pred = torch.randn(4, 3, 5, 7, dtype=dtype, requires_grad=True)
+    target = torch.randn(4, 3, 5, 7, dtype=dtype)
+    F.mse_loss(pred, target).backward()
+    reference = pred.grad.clone()
+    pred.grad = None
+    placeholder = MSELossNoForward.apply(pred, target)
+    assert placeholder.item() == 0.0 and placeholder.requires_grad
+    (placeholder * 3.0).backward()  # upstream scaling (e.g. gradient accumulation) must pass through
+    torch.testing.assert_close(pred.grad.float(), 3.0 * reference.float(), atol=tol, rtol=tol)
+    assert pred.grad.dtype == dtype
+    assert bootleg_hf.mse_loss(pred, target).item() == pytest.approx(F.mse_loss(pred, target).item())
+
+
+# ---- model --------------------------------------------------------------------------------------------------------
+def make_masks(config, batch_size: int, seed: int = 0):
+    return bootleg_hf.mask_generator_from_config(config).generate(batch_size, batch_index=seed)
+
+
+def test_predictor_rectangles_are_independent_sequences():
+    config = tiny_config(image_size=48)
+    model = BootlegForPretraining(config).eval()
+    masks = make_masks(config, 3)
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        encoded = model.student(x, context_indices=masks.context_indices).last_hidden_state
+        cls, ctx = encoded[:, :1], encoded[:, config.num_prefix_tokens:]
+        batched = model.predictor(cls, ctx, masks.context_indices, masks.target_indices)
+        for r in range(masks.target_indices.shape[1]):
+            alone = model.predictor(cls, ctx, masks.context_indices, masks.target_indices[:, r:r + 1])
+            torch.testing.assert_close(alone[:, 0], batched[:, r], atol=1e-5, rtol=0)
+    assert batched.shape == (3, 4, masks.target_indices.shape[2], 2 * 32)  # targets 1:1:2 → 2 layers
+
+
+def test_targets_are_zscored_teacher_layers_at_target_cells():
+    config = tiny_config(image_size=48, num_hidden_layers=3, targets="1:1:3")
+    model = BootlegForPretraining(config).eval()
+    masks = make_masks(config, 2)
+    x = torch.randn(2, 3, 48, 48)
+    targets, std = model.compute_targets(x, masks.target_indices)
+    hidden = model.teacher(x, output_hidden_states=True).hidden_states
+    b, r, t = masks.target_indices.shape
+    for i, block in enumerate([1, 2, 3]):
+        layer = hidden[block][:, 5:]  # drop CLS + 4 registers
+        cells = torch.stack([layer[j, masks.target_indices[j].flatten()] for j in range(b)]).reshape(b, r, t, -1)
+        expected = (cells - cells.mean(-1, keepdim=True)) / torch.sqrt(cells.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        torch.testing.assert_close(targets[..., 32 * i:32 * (i + 1)], expected, atol=1e-5, rtol=1e-5)
+    assert std.shape == (3,)
+    averaged = BootlegForPretraining(tiny_config(image_size=48, num_hidden_layers=3, targets="1:1:3",
+                                                 target_merge="average"))
+    averaged.teacher.load_state_dict(model.teacher.state_dict())
+    avg, _ = averaged.compute_targets(x, masks.target_indices)
+    mean = torch.stack([targets[..., 32 * i:32 * (i + 1)] for i in range(3)]).mean(0)
+    torch.testing.assert_close(avg, F.layer_norm(mean, (32,), eps=1e-5), atol=1e-5, rtol=1e-5)
+
+
+def test_pixel_and_final_targets():
+    config = tiny_config(image_size=48, targets="final,pixels")
+    model = BootlegForPretraining(config).eval()
+    masks = make_masks(config, 2)
+    x = torch.randn(2, 3, 48, 48)
+    targets, _ = model.compute_targets(x, masks.target_indices)
+    assert targets.shape[-1] == 32 + 8 * 8 * 3 and model.predictor.head.out_features == 32 + 192
+    first_cell = masks.target_indices[0, 0, 0].item()
+    row, col = divmod(first_cell, 6)
+    patch = x[0, :, row * 8:(row + 1) * 8, col * 8:(col + 1) * 8].permute(1, 2, 0).reshape(-1)
+    torch.testing.assert_close(targets[0, 0, 0, 32:], (patch - patch.mean()) / (patch.var() + 1e-6).sqrt())
+    final = model.teacher(x).last_hidden_state[0, 5 + first_cell]
+    torch.testing.assert_close(targets[0, 0, 0, :32], F.layer_norm(final, (32,), eps=1e-5), atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_starts_as_copy_is_frozen_and_ema_is_exact(tmp_path):
+    model = BootlegForPretraining(tiny_config())
+    pairs = list(zip(model.teacher.parameters(), model.student.parameters()))
+    assert all(torch.equal(t, s) for t, s in pairs) and not any(t.requires_grad for t, _ in pairs)
+    model.train()
+    assert model.student.training and not model.teacher.training
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(1.0)
+    before = [t.clone() for t, _ in pairs]
+    model.update_teacher(0.9)
+    for (t, s), t0 in zip(pairs, before):
+        torch.testing.assert_close(t, 0.9 * t0 + 0.1 * s)
+    model.save_pretrained(tmp_path)
+    loaded = BootlegForPretraining.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.teacher.parameters(), model.teacher.parameters()))
+    assert not any(p.requires_grad for p in loaded.teacher.parameters())
+    encoder = bootleg_hf.BootlegModel.from_pretrained(tmp_path)  # the teacher lives under the base prefix
+    assert torch.equal(encoder.blocks[0].mlp.fc1.weight, model.teacher.blocks[0].mlp.fc1.weight)
+
+
+def test_forward_validates_masks():
+    model = BootlegForPretraining(tiny_config())
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="target_indices must be"):
+        model(x, torch.tensor([[0, 1]]), torch.tensor([[2, 3]]))
+    with pytest.raises(ValueError, match=r"\[0, 16\)"):
+        model(x, torch.tensor([[0, 1]]), torch.tensor([[[2, 99]]]))
+
+
+# ---- trainer ------------------------------------------------------------------------------------------------------
+class SyntheticImages(torch.utils.data.Dataset):
+    """Smooth random images (sums of oriented sinusoids): structured enough for the predictor to learn."""
+
+    def __init__(self, n: int, size: int = 48, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+        freq = torch.rand(n, 3, 2, generator=g) * 6
+        phase = torch.rand(n, 3, 1, 1, generator=g) * 6.28
+        self.images = torch.sin(freq[..., 0, None, None] * xx * 6.28 + freq[..., 1, None, None] * yy * 6.28 + phase)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.images[i]}
+
+
+def make_trainer(tmp_path, max_steps, model=None, **overrides):
+    config = tiny_config(image_size=48)
+    torch.manual_seed(0)
+    model = model or BootlegForPretraining(config)
+    args = dict(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=8, lr_max=3e-3,
+                lr_init=1e-4, lr_final=1e-4, warmup_steps=3, scale_lr_by_batch=False, ema_start=0.99, ema_end=0.999,
+                logging_steps=5, save_strategy="no", report_to="none", seed=0, use_cpu=True, disable_tqdm=True,
+                dataloader_drop_last=True)
+    args = BootlegTrainingArguments(**{**args, **overrides})
+    return BootlegTrainer(model=model, args=args, train_dataset=SyntheticImages(64))
+
+
+def test_training_lowers_the_loss_and_logs_the_schedules(tmp_path):
+    trainer = make_trainer(tmp_path, 30)
+    output = trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 6 and logs[-1]["loss"] < 0.8 * logs[0]["loss"], [h["loss"] for h in logs]
+    for key in ("learning_rate", "weight_decay", "ema_momentum", "context_rate", "target_rate", "target_std/1.out",
+                "target_std/2.out", "images_per_second"):
+        assert key in logs[-1], key
+    assert 0 < logs[-1]["context_rate"] < 1 and 0 < logs[-1]["target_rate"] < 1
+    assert logs[-1]["ema_momentum"] == pytest.approx(0.99 + 0.009 * 30 / 30)
+    # the reported train loss is the mean of real MSE values, not of MSELossNoForward placeholders
+    assert output.training_loss == pytest.approx(sum(h["loss"] for h in logs) / len(logs), rel=1e-6)
+    model = trainer.model
+    assert not all(torch.equal(t, s) for t, s in zip(model.teacher.parameters(), model.student.parameters()))
+
+
+def test_one_step_follows_the_ema_formula_and_param_groups(tmp_path):
+    trainer = make_trainer(tmp_path, 1, ema_start=0.9, ema_end=0.5)
+    teacher0 = [p.clone() for p in trainer.model.teacher.parameters()]
+    trainer.train()
+    model = trainer.model
+    for t, t0, s in zip(model.teacher.parameters(), teacher0, model.student.parameters()):
+        torch.testing.assert_close(t, 0.9 * t0 + 0.1 * s, atol=1e-6, rtol=0)
+    decay, no_decay = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert {"student.embeddings.cls_token", "student.embeddings.reg_token", "predictor.mask_token",
+            "predictor.reg_token", "student.norm.weight", "student.blocks.0.attn.qkv.bias"} <= no_decay_names
+    assert all(p.ndim > 1 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert not any(n.startswith("bootleg.") for n in map(names.get, map(id, decay["params"] + no_decay["params"])))
+    assert trainer.optimizer.defaults["betas"] == (0.9, 0.95)
+
+
+def test_schedules():
+    from bootleg_hf.trainer import learning_rate_at, momentum_at, weight_decay_at
+
+    assert learning_rate_at(0, 100, 10, 1e-4, 3e-3, 1e-5) == pytest.approx(1e-4)
+    assert learning_rate_at(5, 100, 10, 1e-4, 3e-3, 1e-5) == pytest.approx(1e-4 + 0.5 * (3e-3 - 1e-4))
+    assert learning_rate_at(10, 100, 10, 1e-4, 3e-3, 1e-5) == pytest.approx(3e-3)
+    assert learning_rate_at(55, 100, 10, 1e-4, 3e-3, 1e-5) == pytest.approx((3e-3 + 1e-5) / 2)
+    assert learning_rate_at(100, 100, 10, 1e-4, 3e-3, 1e-5) == pytest.approx(1e-5)
+    assert weight_decay_at(50, 100, 0.04, 0.4) == pytest.approx(0.22)
+    assert momentum_at(25, 100, 0.996, 1.0) == pytest.approx(0.997)
+    args = BootlegTrainingArguments(output_dir="unused", per_device_train_batch_size=64, gradient_accumulation_steps=4,
+                                    use_cpu=True)
+    assert args.lr_scale == pytest.approx(256 / 2048)
+
+
+def capture_masks(model):
+    seen = []
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["context_indices"].clone()), with_kwargs=True)
+    return seen
+
+
+def test_exact_resume_is_bitwise(tmp_path):
+    straight = make_trainer(tmp_path / "a", 8, save_strategy="steps", save_steps=4, logging_steps=2)
+    masks_straight = capture_masks(straight.model)
+    straight.train()
+    resumed = make_trainer(tmp_path / "b", 8, save_strategy="steps", save_steps=4, logging_steps=2)
+    masks_resumed = capture_masks(resumed.model)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-4"))
+    assert len(masks_resumed) == 4
+    assert all(torch.equal(a, b) for a, b in zip(masks_straight[4:], masks_resumed))
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name  # student, teacher and predictor
+    opt_a, opt_b = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert opt_a.keys() == opt_b.keys()
+    for k in opt_a:
+        assert all(torch.equal(opt_a[k][s], opt_b[k][s]) for s in ("exp_avg", "exp_avg_sq"))
+    assert straight.lr_scheduler.get_last_lr() == resumed.lr_scheduler.get_last_lr()
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, 10, save_strategy="steps", save_steps=2, logging_steps=1)
+    calls = {"n": 0}
+    original = trainer.model.forward
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out = original(*args, **kwargs)
+        if calls["n"] == 5:  # the 5th step produces NaN
+            out.loss = out.loss * float("nan")
+        return out
+
+    trainer.model.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        trainer.train()
+    checkpoints = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
+    state = json.loads((tmp_path / "checkpoint-4" / "trainer_state.json").read_text())
+    assert all(math.isfinite(h["loss"]) for h in state["log_history"] if "loss" in h)
+
+
+def test_recipes_build_the_paper_sizes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pretrain", REPO / "training" / "pretrain.py")
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    expected = {"vit-small": (384, 12, 6, 192, 10, 1536), "vit-base": (768, 12, 12, 384, 10, 3072),
+                "vit-large": (1024, 24, 16, 512, 10, 7168), "vit-micro": (96, 6, 3, 48, 3, 384)}
+    for name, (d, depth, heads, dp, pdepth, tdim) in expected.items():
+        recipe = pretrain.load_recipe(REPO / "training" / "recipes" / f"{name}.yaml")
+        config = pretrain.build_config(recipe)
+        assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (d, depth, heads)
+        assert (config.predictor_hidden_size, config.predictor_num_hidden_layers) == (dp, pdepth)
+        with torch.device("meta"):
+            model = BootlegForPretraining(config)
+        assert model.predictor.head.out_features == tdim
+        args = pretrain.build_training_args(recipe, "unused", num_images=1_281_167, use_cpu=True)
+        assert args.ema_start == (0.996 if name == "vit-micro" else 0.9985)
+        if name != "vit-micro":
+            assert args.per_device_train_batch_size == 2048 and args.lr_max == 3e-3 and args.num_train_epochs == 600
+            assert args.warmup_steps == 105 * (1_281_167 // 2048)
+    small = pretrain.load_recipe(REPO / "training" / "recipes" / "vit-small.yaml", ["training.lr_max=1e-3"])
+    assert small["training"]["lr_max"] == 1e-3
+    with pytest.raises(ValueError, match="section.key=value"):
+        pretrain.load_recipe(REPO / "training" / "recipes" / "vit-small.yaml", ["lr_max=1"])
+
+
+def test_two_process_cpu_run(tmp_path):
+    """torchrun with 2 CPU processes (gloo): different masks per rank, identical teachers."""
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(REPO / "tests" / "ddp_worker.py"), str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
+    teacher_keys = [k for k in ranks[0] if k.startswith("teacher.")]
+    assert teacher_keys and all(torch.equal(ranks[0][k], ranks[1][k]) for k in teacher_keys)
+    mask_keys = [k for k in ranks[0] if k.startswith("mask.")]
+    assert len(mask_keys) == 4
+    assert all(not torch.equal(ranks[0][k], ranks[1][k]) for k in mask_keys)
+    fresh = BootlegForPretraining(tiny_config(image_size=48)).teacher.state_dict()
+    assert not all(torch.equal(fresh[k[len("teacher."):]], ranks[0][k]) for k in teacher_keys)  # it trained
+
+
+def test_pretrain_script_on_a_folder_with_a_corrupt_image(tmp_path, caplog):
+    import importlib.util
+
+    from bootleg_hf.data import CorruptImageError, load_fashion_mnist, write_image_folder
+
+    spec = importlib.util.spec_from_file_location("pretrain", REPO / "training" / "pretrain.py")
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    folder = write_image_folder(load_fashion_mnist("train", limit=16), tmp_path / "images")  # 2 batches/epoch
+    bad = next(folder.glob("*/*.png"))
+    bad.write_bytes(b"this is not a png")
+    common = ["--recipe", str(REPO / "training" / "recipes" / "vit-micro.yaml"), "--dataset", str(folder),
+              "--batch-size", "8", "--max-steps", "3", "--set", "training.logging_steps=1",
+              "--set", "training.save_steps=1000"]
+    with pytest.raises(CorruptImageError, match=bad.name):
+        pretrain.main(common + ["--output-dir", str(tmp_path / "raise"), "--on-corrupt", "raise"])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        trainer = pretrain.main(common + ["--output-dir", str(tmp_path / "skip")])
+    assert bad.name in caplog.text
+    assert trainer.state.global_step == 3
+    encoder = bootleg_hf.BootlegModel.from_pretrained(tmp_path / "skip" / "encoder")
+    resumed = BootlegForPretraining.from_pretrained(tmp_path / "skip")
+    assert torch.equal(encoder.blocks[0].attn.qkv.weight, resumed.teacher.blocks[0].attn.qkv.weight)
+    assert (tmp_path / "skip" / "encoder" / "preprocessor_config.json").exists()
