@@ -25,7 +25,14 @@ import datasets
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torchvision.transforms import v2
+
+
+def _transforms_v2() -> Any:
+    """torchvision's transforms, imported on first use: the rest of the package (and its PIL image processor) works
+    without torchvision."""
+    from torchvision.transforms import v2
+
+    return v2
 
 logger = logging.getLogger(__name__)
 
@@ -522,6 +529,7 @@ class _BatchImageTransform:
 
 
 def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
+    v2 = _transforms_v2()
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
@@ -544,6 +552,7 @@ class PretrainTransform(_BatchImageTransform):
         image_column: str = "image",
         max_skipped: int | None = None,
     ) -> None:
+        v2 = _transforms_v2()
         ops: list[Any] = [
             v2.RandomResizedCrop(image_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
         ]
@@ -568,6 +577,7 @@ class EvalTransform(_BatchImageTransform):
     ) -> None:
         if not 0 < crop_fraction <= 1:
             raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+        v2 = _transforms_v2()
         resize = max(image_size, round(image_size / crop_fraction))
         ops = [
             v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
@@ -591,6 +601,7 @@ class ProbeTrainTransform(_BatchImageTransform):
         image_column: str = "image",
         max_skipped: int | None = None,
     ) -> None:
+        v2 = _transforms_v2()
         ops: list[Any] = [
             v2.RandomResizedCrop(image_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
             v2.RandomHorizontalFlip(),

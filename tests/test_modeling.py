@@ -309,3 +309,29 @@ def test_timm_conversion_script_round_trip(tmp_path):
     for name in ("timm.pth", "timm.safetensors"):
         loaded_sd = script.load_state_dict(str(tmp_path / name))
         assert all(torch.equal(loaded_sd[k], v) for k, v in ref.state_dict().items())
+
+
+def test_image_processor_works_without_torchvision(tmp_path):
+    """A subprocess where `import torchvision` fails: the package imports and the PIL processor handles any mode."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+sys.modules["torchvision"] = None
+import numpy as np
+from PIL import Image
+from transformers import AutoImageProcessor
+import bootleg_hf
+bootleg_hf.make_image_processor(bootleg_hf.BootlegConfig.from_preset("vit-micro")).save_pretrained({str(tmp_path)!r})
+processor = AutoImageProcessor.from_pretrained({str(tmp_path)!r})
+image = Image.fromarray(np.full((50, 40, 4), 255, dtype=np.uint8), mode="RGBA")
+values = processor(image, return_tensors="pt")["pixel_values"]
+print(type(processor).__name__, tuple(values.shape), round(float(values[0, 0, 0, 0]), 4))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, *_ = result.stdout.split()
+    assert name == "BeitImageProcessorPil"
+    assert "(1, 3, 32, 32)" in result.stdout
+    assert result.stdout.split()[-1] == str(round((1.0 - 0.485) / 0.229, 4))  # white, ImageNet-normalised
