@@ -3,6 +3,7 @@
 Importing the package registers every Bootleg class with the `transformers` Auto classes (no network access).
 """
 
+from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
 from transformers import (
     AutoBackbone,
     AutoConfig,
@@ -21,12 +22,16 @@ from .conversion import bootleg_to_timm, config_from_timm, timm_to_bootleg
 from .image_processing_bootleg import make_image_processor
 from .modeling_bootleg import BootlegBackbone, BootlegModel, BootlegPreTrainedModel, sincos_position_embedding
 from .targets import TargetSpec, TargetTerm
+from .modeling_bootleg_heads import BootlegForImageClassification, BootlegForSemanticSegmentation
+from .probes import ProbeSweep, build_probe
 
 __version__ = "0.1.0"
 
 AutoConfig.register("bootleg", BootlegConfig, exist_ok=True)
 AutoModel.register(BootlegConfig, BootlegModel, exist_ok=True)
 AutoBackbone.register(BootlegConfig, BootlegBackbone, exist_ok=True)
+AutoModelForImageClassification.register(BootlegConfig, BootlegForImageClassification, exist_ok=True)
+AutoModelForSemanticSegmentation.register(BootlegConfig, BootlegForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(BootlegConfig, image_processor_classes={"pil": BeitImageProcessorPil,
                                                                     "torchvision": BeitImageProcessor}, exist_ok=True)
 
@@ -37,3 +42,4 @@ __all__ = [
     "BootlegPretrainingOutput", "MSELossNoForward", "mse_loss", "BootlegTrainer", "BootlegTrainingArguments",
     "NonFiniteLossError", "mask_generator_from_config",
 ]
+__all__ += ["BootlegForImageClassification", "BootlegForSemanticSegmentation", "ProbeSweep", "build_probe"]

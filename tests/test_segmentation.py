@@ -1,0 +1,183 @@
+"""Segmentation probes (SPEC §7): mIoU, label blocks, the kNN probe, head training, and training/segment.py."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from bootleg_hf.data import FASHION_MNIST_DIR
+from bootleg_hf.modeling_bootleg_heads import build_segmentation_head
+from bootleg_hf.segmentation import (
+    KnnSegmenter,
+    blocks_to_maps,
+    knn_segmentation,
+    miou,
+    patch_label_blocks,
+    predict_segmentation,
+    train_segmentation_head,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
+                                  reason="apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These tensors are tiny: one thread avoids OpenMP synchronisation costs (10× on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- metric -----------------------------------------------------------------------------------------------------------
+
+
+def test_miou_hand_computed_with_ignore_label():
+    target = torch.tensor([[0, 0, 1], [1, 2, 255]])
+    pred = torch.tensor([[0, 1, 1], [1, 2, 0]])
+    # scored pixels (255 dropped): target 0 0 1 1 2 vs pred 0 1 1 1 2
+    # IoU: class 0 = 1 / (1 + 0 + 1) = 1/2; class 1 = 2 / (2 + 1 + 0) = 2/3; class 2 = 1/1
+    scores = miou(pred, target, num_classes=5, ignore_index=255)  # classes 3, 4 absent from both: not averaged
+    assert scores["per_class_iou"] == pytest.approx({0: 0.5, 1: 2 / 3, 2: 1.0})
+    assert scores["miou"] == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
+    assert scores["pixel_accuracy"] == pytest.approx(4 / 5)
+
+
+def test_miou_counts_classes_only_predicted_and_ignores_several_labels():
+    target = torch.tensor([1, 1, 0, 255, 2])
+    pred = torch.tensor([1, 3, 1, 3, 7])
+    # ignore {0, 255}: scored pixels target 1 1 2 vs pred 1 3 7. class 1 = 1/2; class 3 (only predicted) = 0/1;
+    # class 2 = 0/1; the out-of-range prediction 7 is an error, not a class.
+    scores = miou(pred, target, num_classes=4, ignore_index=(0, 255))
+    assert scores["per_class_iou"] == pytest.approx({1: 0.5, 2: 0.0, 3: 0.0})
+    assert scores["pixel_accuracy"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="target labels"):
+        miou(pred, torch.tensor([1, 1, 9, 1, 1]), num_classes=4, ignore_index=255)
+
+
+def test_label_blocks_layout_and_round_trip():
+    labels = torch.arange(2 * 4 * 6).reshape(2, 4, 6)
+    blocks = patch_label_blocks(labels, 2)
+    assert blocks.shape == (2 * 2 * 3, 4)
+    assert blocks[0].tolist() == [0, 1, 6, 7] and blocks[1].tolist() == [2, 3, 8, 9]  # raster order of patches
+    assert blocks[3].tolist() == [12, 13, 18, 19]
+    assert torch.equal(blocks_to_maps(blocks, 2, (2, 3), 2), labels)
+
+
+# --- kNN --------------------------------------------------------------------------------------------------------------
+
+
+def one_hot_problem(num_images: int, seed: int, prefix: int = 2, grid: int = 4, patch: int = 2, classes: int = 4):
+    """Tokens whose patch features are the one-hot label of their (uniformly labelled) patch."""
+    g = torch.Generator().manual_seed(seed)
+    patch_labels = torch.randint(0, classes, (num_images, grid, grid), generator=g)
+    tokens = torch.cat([torch.randn(num_images, prefix, classes, generator=g),
+                        torch.nn.functional.one_hot(patch_labels.flatten(1), classes).float()], dim=1)
+    labels = patch_labels.repeat_interleave(patch, 1).repeat_interleave(patch, 2)
+    return tokens, labels
+
+
+def test_knn_is_perfect_when_features_identify_labels():
+    train_tokens, train_labels = one_hot_problem(30, seed=0)
+    test_tokens, test_labels = one_hot_problem(5, seed=1)
+    results = knn_segmentation(train_tokens, train_labels, test_tokens, test_labels, num_classes=4, patch_size=2,
+                               num_prefix_tokens=2)
+    assert set(results) == {f"{m}/k={k}" for m in ("cosine", "l2") for k in (1, 3, 10, 30)}
+    for name, r in results.items():
+        assert r["miou"] == 1.0 and r["pixel_accuracy"] == 1.0, name
+
+
+def test_knn_hand_built_neighbours():
+    # three train patches on a line (P = 2, so 4 pixels each); the second one is mostly ignore and is dropped
+    features = torch.tensor([[0.0], [1.0], [2.0], [10.0]])
+    blocks = torch.tensor([[1, 1, 2, 2], [255, 255, 255, 1], [1, 2, 2, 2], [3, 3, 3, 1]])
+    knn = KnnSegmenter(ignore_index=255).fit(features, blocks)
+    assert len(knn.features) == 3
+    queries = torch.tensor([[0.9], [1.6], [9.0]])
+    pred = knn.predict(queries, ks=(1, 3), metric="l2")
+    # k = 1: 0.9 is nearest to 0 (1 is dropped), 1.6 to 2, 9 to 10
+    assert pred[1].tolist() == [[1, 1, 2, 2], [1, 2, 2, 2], [3, 3, 3, 1]]
+    # k = 3: every query sees all three blocks; per-pixel majority, ties (pixel 1: 1, 2, 3) go to the nearest
+    assert pred[3].tolist() == [[1, 1, 2, 2], [1, 2, 2, 2], [1, 3, 2, 2]]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_knn_chunked_search_is_exact(metric):
+    g = torch.Generator().manual_seed(0)
+    train, queries = torch.randn(200, 8, generator=g), torch.randn(30, 8, generator=g)
+    knn = KnnSegmenter(ignore_index=None, chunk_size=7).fit(train, torch.zeros(200, 1, dtype=torch.long))
+    found = knn.neighbours(knn.standardise(queries), 10, metric)
+    a, b = knn.standardise(queries), knn.features
+    if metric == "cosine":
+        distance = 1 - torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).T
+    else:
+        distance = torch.cdist(a, b)
+    assert torch.equal(found, distance.topk(10, dim=1, largest=False).indices)
+
+
+# --- Lin / Blk on cached features -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["lin", "blk"])
+def test_segmentation_heads_learn_on_cached_features(kind):
+    config = tiny_config(hidden_size=32, num_register_tokens=1, num_attention_heads=4)
+    train_tokens, train_labels = one_hot_problem(32, seed=0, prefix=2, grid=4, patch=8)
+    test_tokens, test_labels = one_hot_problem(8, seed=1, prefix=2, grid=4, patch=8)
+    pad = lambda t: torch.nn.functional.pad(t, (0, 28))  # noqa: E731  (one-hot labels in the first 4 of 32 channels)
+    torch.manual_seed(0)
+    head = build_segmentation_head(kind, config, 4)
+    history = train_segmentation_head(head, pad(train_tokens), train_labels, (4, 4), epochs=15, batch_size=8,
+                                      lr=1e-2, warmup_epochs=1)
+    assert history[-1] < history[0]
+    # scored at patch resolution: bilinear upsampling blurs the random per-patch labels of this toy at their borders
+    pred = predict_segmentation(head, pad(test_tokens), (4, 4), (4, 4))
+    assert miou(pred, test_labels[:, ::8, ::8], 4)["pixel_accuracy"] > 0.95
+
+
+@needs_fmnist
+def test_segment_cli_smoke(tmp_path):
+    out = tmp_path / "seg"
+    cmd = [sys.executable, str(ROOT / "training" / "segment.py"), "--model", "random:vit-micro", "--limit-train",
+           "40", "--limit-test", "10", "--epochs", "1", "--threads", "1", "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "segment_results.json").read_text())
+    assert set(results["probes"]) == {"knn", "lin", "blk"} and results["num_labels"] == 11
+    assert len(results["probes"]["knn"]["settings"]) == 8 and len(results["probes"]["blk"]["by_lr"]) == 3
+    for r in results["probes"].values():
+        assert 0 <= r["best"]["miou"] <= 100 and 0 <= r["best"]["pixel_accuracy"] <= 100
+    config = json.loads((out / "segmenter" / "config.json").read_text())
+    assert config["segmentation_head"] == results["saved_head"] and config["id2label"]["0"] == "background"
+    assert "| knn |" in (out / "segment_results.md").read_text()
+
+
+@needs_fmnist
+def test_run_segmentation_on_a_dataset_folder_with_image_and_mask_columns(tmp_path):
+    """Any dataset with image + mask columns: a `save_to_disk` folder with renamed columns and two ignore labels."""
+    import datasets
+
+    from bootleg_hf.data import MOSAIC_LABELS, make_mosaic_segmentation
+
+    sys.path.insert(0, str(ROOT / "training"))
+    from segment import run_segmentation
+
+    splits = {split: make_mosaic_segmentation(split, 12, seed).rename_columns({"image": "img", "mask": "seg"})
+              for split, seed in (("train", 0), ("test", 1))}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "data"))
+    results = run_segmentation("random:vit-micro", str(tmp_path / "data"), probes=("knn",), limit_train=None,
+                               limit_test=8, image_column="img", mask_column="seg", ignore_index=(0, 255))
+    assert results["num_train"] == 12 and results["num_test"] == 8 and results["ignore_index"] == [0, 255]
+    assert results["num_labels"] == 11  # inferred: largest train label + 1
+    assert 0 not in results["probes"]["knn"]["best"]["per_class_iou"]  # background is ignored: not a class here
+    # a DatasetDict object works too, and class names can be given (the saved segmenter carries them)
+    results = run_segmentation("random:vit-micro", datasets.DatasetDict(splits), probes=("lin",), limit_train=None,
+                               limit_test=None, epochs=1, lrs=[1e-2], image_column="img", mask_column="seg",
+                               label_names=MOSAIC_LABELS, out=tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "segmenter" / "config.json").read_text())
+    assert config["id2label"]["3"] == MOSAIC_LABELS[3] and results["num_labels"] == 11
