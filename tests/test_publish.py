@@ -1,0 +1,332 @@
+"""Hub publishing (SPEC §8) against the in-process fake Hub: folder layout, model card, uploads, errors, remote code."""
+
+import importlib.util
+import json
+import re
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from huggingface_hub import ModelCard, metadata_load
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSemanticSegmentation, pipeline
+
+import bootleg_hf
+from bootleg_hf import BootlegForImageClassification, BootlegForSemanticSegmentation, BootlegModel
+from bootleg_hf.export import save_inference_folder
+from bootleg_hf.publishing import AUTO_MAP, RemoteCodeError, remote_code_files
+
+try:  # tests/ is on sys.path under pytest's default "prepend" import mode; tests.fake_hub if tests/ is a package
+    from fake_hub import HubError, fake_hub, hub_env  # noqa: F401  (fake_hub is a fixture)
+except ImportError:  # pragma: no cover
+    from tests.fake_hub import HubError, fake_hub, hub_env  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE_FILES = ["configuration_bootleg.py", "modeling_bootleg.py", "modeling_bootleg_heads.py", "probes.py", "targets.py"]
+HUB_FILES = sorted(["README.md", "config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES])
+LABELS = ["shirt", "shoe", "bag"]
+PROBE_RESULTS = {  # training/probe.py's format (abridged)
+    "model": "runs/tiny/encoder", "weights": "teacher", "dataset": "fashion-mnist",
+    "probes": {"patch": {"best": {"top1": 81.234, "lr": 1e-3}}, "xblk": {"best": {"top1": 85.5, "lr": 2e-3}}}}
+SEGMENTATION_RESULTS = {  # the simple documented format
+    "dataset": "fashion-mnist",
+    "segmentation": {"dataset": {"name": "Fashion-MNIST mosaics", "type": "bootleg/fmnist-mosaics", "split": "test"},
+                     "results": {"knn": {"miou": 40.5}, "lin": 44.25}}}
+
+
+def load_script(name: str):
+    """A `conversion/` script as a module, so its `main(argv)` runs in-process (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "conversion" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def publish_main(argv: list) -> int:
+    return load_script("publish").main([str(a) for a in argv])
+
+
+def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random non-trivial weights (heads included), so outputs and scores differ clearly between classes."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+def encoder() -> BootlegModel:
+    return perturbed(BootlegModel(tiny_config()), 0)
+
+
+def task_folder(tmp_path: Path, kind: str) -> Path:
+    """A saved encoder / classification / segmentation folder (what export_pretrained writes)."""
+    if kind == "encoder":
+        model = encoder()
+    elif kind == "classification":
+        model = perturbed(BootlegForImageClassification.from_encoder(encoder(), id2label=LABELS, probe_type="xblk"), 1)
+    else:
+        model = perturbed(BootlegForSemanticSegmentation.from_encoder(encoder(), id2label=["background", "item"],
+                                                                      segmentation_head="blk"), 2)
+    return save_inference_folder(model, tmp_path / kind)
+
+
+def example_image(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def pixels() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+
+
+def test_hub_folder_layout_auto_map_and_model_card(tmp_path, capsys):
+    source = task_folder(tmp_path, "encoder")
+    for pickle_file in ("pytorch_model.bin", "training_args.bin"):  # must never reach the Hub folder
+        torch.save({"x": torch.zeros(1)}, source / pickle_file)
+    (tmp_path / "results.json").write_text(json.dumps(PROBE_RESULTS))
+    (tmp_path / "seg.json").write_text(json.dumps(SEGMENTATION_RESULTS))
+    out = tmp_path / "hub"
+    rc = publish_main([source, "--repo-id", "user/tiny", "--out", out, "--dry-run", "--license", "cc-by-nc-4.0",
+                       "--dataset", "zalando-datasets/fashion_mnist", "--base-model", "facebook/ijepa_vith14_1k",
+                       "--probe-results", tmp_path / "results.json", "--probe-results", tmp_path / "seg.json",
+                       "--recipe", ROOT / "training/recipes/vit-micro.yaml"])
+    assert rc == 0 and "nothing uploaded" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == HUB_FILES
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"] == AUTO_MAP and set(AUTO_MAP) == {"AutoConfig", "AutoModel", "AutoBackbone",
+                                                                "AutoModelForImageClassification",
+                                                                "AutoModelForSemanticSegmentation"}
+    assert all((out / f"{ref.split('.')[0]}.py").is_file() for ref in AUTO_MAP.values())
+    assert config["architectures"] == ["BootlegModel"]
+    assert (out / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+
+    card = ModelCard.load(out / "README.md")
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("transformers", "image-feature-extraction",
+                                                                    "cc-by-nc-4.0")
+    assert data.tags == ["bootleg", "jepa", "self-supervised", "vision", "vit"]
+    assert data.datasets == ["zalando-datasets/fashion_mnist"] and data.base_model == "facebook/ijepa_vith14_1k"
+    meta = metadata_load(out / "README.md")
+    name, results = model_index_to_eval_results(meta["model-index"])
+    assert name == "tiny"
+    found = {(r.task_type, r.dataset_type, r.metric_name.split("(")[1].split()[0]): r.metric_value for r in results}
+    assert found == {("image-classification", "zalando-datasets/fashion_mnist", "patch"): 81.23,
+                     ("image-classification", "zalando-datasets/fashion_mnist", "xblk"): 85.5,
+                     ("image-segmentation", "bootleg/fmnist-mosaics", "knn"): 40.5,
+                     ("image-segmentation", "bootleg/fmnist-mosaics", "lin"): 44.25}
+    assert "| image-classification | Fashion-MNIST | xblk | accuracy | 85.5 |" in card.text
+    assert "preset: vit-micro" in card.text and "`1:1:2`" in card.text  # recipe and targets from the config
+
+    assert publish_main([source, "--repo-id", "user/tiny", "--out", out, "--dry-run"]) == 1  # never overwrites
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_remote_code_closure_and_import_checks(tmp_path):
+    modules = {ref.split(".")[0] for ref in AUTO_MAP.values()}
+    assert remote_code_files(modules) == CODE_FILES
+    (tmp_path / "a.py").write_text("from __future__ import annotations\nimport torch\nfrom .b import B\n")
+    (tmp_path / "b.py").write_text("def f():\n    from bootleg_hf.data import load_image_dataset\n")
+    with pytest.raises(RemoteCodeError, match=r"b\.py imports \['bootleg_hf'\]"):
+        remote_code_files(["a"], tmp_path)
+    (tmp_path / "b.py").write_text("import datasets\nfrom .c import C\n")
+    with pytest.raises(RemoteCodeError, match=r"\['datasets'\]"):
+        remote_code_files(["a"], tmp_path)
+    (tmp_path / "b.py").write_text("from .c import C\n")
+    with pytest.raises(RemoteCodeError, match="c.py, which does not exist"):
+        remote_code_files(["a"], tmp_path)
+    (tmp_path / "b.py").write_text("from .. import x\n")
+    with pytest.raises(RemoteCodeError, match="cannot be followed"):
+        remote_code_files(["a"], tmp_path)
+
+
+def test_refuses_pretraining_and_pickle_only_folders(tmp_path, capsys):
+    bootleg_hf.BootlegForPretraining(tiny_config()).save_pretrained(tmp_path / "pre")
+    assert publish_main([tmp_path / "pre", "--repo-id", "user/x", "--dry-run"]) == 1
+    assert "export_pretrained.py first" in capsys.readouterr().err
+    folder = task_folder(tmp_path, "encoder")
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    assert publish_main([folder, "--repo-id", "user/x", "--dry-run"]) == 1
+    assert "no safetensors weights" in capsys.readouterr().err
+
+
+def run_card_snippets(card: Path) -> list[dict]:
+    """Execute every Python block of a model card as written (the working directory holds example.jpg); return
+    each block's namespace."""
+    spaces = []
+    for code in re.findall(r"```python\n(.*?)```", card.read_text(), flags=re.S):
+        spaces.append({})
+        exec(compile(code, str(card), "exec"), spaces[-1])
+    return spaces
+
+
+def test_publish_encoder_round_trip_and_card_snippets(fake_hub, tmp_path, monkeypatch, capsys):
+    source = task_folder(tmp_path, "encoder")
+    assert publish_main([source, "--repo-id", "user/tiny"]) == 0
+    printed = capsys.readouterr().out
+    repo = fake_hub.repos["user/tiny"]
+    assert f"published user/tiny at {repo.branches['main']}" in printed
+    hub_folder = Path(str(source) + "-hub")
+    assert sorted(repo.files()) == sorted([".gitattributes", *HUB_FILES])
+    assert all(repo.files()[p.name] == p.read_bytes() for p in hub_folder.iterdir())
+
+    local, remote = BootlegModel.from_pretrained(source).eval(), AutoModel.from_pretrained("user/tiny").eval()
+    with torch.no_grad():
+        a, b = local(pixels()), remote(pixels())
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state) and torch.equal(a.pooler_output, b.pooler_output)
+    assert ModelCard.load("user/tiny").data.pipeline_tag == "image-feature-extraction"
+    assert ("POST", "/api/validate-yaml") in fake_hub.requests  # the card was validated before the commit
+
+    monkeypatch.chdir(tmp_path)
+    example_image(tmp_path / "example.jpg")
+    spaces = run_card_snippets(hub_folder / "README.md")
+    assert len(spaces) == 3
+    assert spaces[0]["pooled"].shape == (1, 32) and spaces[0]["patch_tokens"].shape == (1, 16, 32)
+    assert spaces[1]["features"].shape == (1, 21, 32)
+    assert [tuple(f.shape) for f in spaces[2]["feature_maps"]] == [(1, 32, 4, 4)] * 2
+
+
+def test_publish_task_models_pipelines_and_card_snippets(fake_hub, tmp_path, monkeypatch):
+    classification, segmentation = task_folder(tmp_path, "classification"), task_folder(tmp_path, "segmentation")
+    assert publish_main([classification, "--repo-id", "user/tiny-cls", "--private"]) == 0
+    assert publish_main([segmentation, "--repo-id", "user/tiny-seg"]) == 0
+    assert fake_hub.repos["user/tiny-cls"].private
+    cards = {kind: Path(f"{folder}-hub") / "README.md" for kind, folder in (("cls", classification),
+                                                                          ("seg", segmentation))}
+    assert [ModelCard.load(c).data.pipeline_tag for c in cards.values()] == ["image-classification",
+                                                                             "image-segmentation"]
+
+    image = example_image(tmp_path / "example.jpg")
+    local = pipeline("image-classification", model=str(classification))(str(image), top_k=3)
+    remote = pipeline("image-classification", model="user/tiny-cls")(str(image), top_k=3)
+    assert remote == local and sorted(r["label"] for r in local) == sorted(LABELS)
+    assert len({round(r["score"], 3) for r in local}) == 3  # distinct scores: the head is really there
+
+    local = pipeline("image-segmentation", model=str(segmentation))(str(image))
+    remote = pipeline("image-segmentation", model="user/tiny-seg")(str(image))
+    assert [r["label"] for r in remote] == [r["label"] for r in local]
+    assert all(np.array_equal(np.asarray(r["mask"]), np.asarray(l["mask"])) for r, l in zip(remote, local))
+
+    monkeypatch.chdir(tmp_path)
+    cls_spaces, seg_spaces = run_card_snippets(cards["cls"]), run_card_snippets(cards["seg"])
+    assert cls_spaces[0]["label"] in LABELS and cls_spaces[0]["logits"].shape == (1, 3)
+    assert seg_spaces[0]["outputs"].logits.shape == (1, 2, 4, 4) and seg_spaces[0]["label_map"].shape == (40, 48)
+
+
+def test_publish_to_a_branch(fake_hub, tmp_path):
+    assert publish_main([task_folder(tmp_path, "encoder"), "--repo-id", "user/tiny", "--revision", "v1"]) == 0
+    repo = fake_hub.repos["user/tiny"]
+    assert "config.json" in repo.files("v1") and "config.json" not in repo.files("main")
+    assert isinstance(AutoModel.from_pretrained("user/tiny", revision="v1"), BootlegModel)
+
+
+def test_converted_ijepa_checkpoint_publishes_and_loads(fake_hub, tmp_path, monkeypatch):
+    """I-JEPA `.pth.tar` → convert_ijepa_to_bootleg → publish (converted, CC-BY-NC) → AutoModel from the Hub."""
+    config = tiny_config(use_cls_token=False, num_register_tokens=0)
+    original = perturbed(BootlegModel(config), 5)
+    ijepa_layout = {f"module.{k}": v for k, v in bootleg_hf.bootleg_to_timm(original.state_dict(), config).items()}
+    torch.save({"encoder": ijepa_layout, "target_encoder": ijepa_layout, "epoch": 300}, tmp_path / "ijepa.pth.tar")
+    load_script("convert_ijepa_to_bootleg").main(["--checkpoint", str(tmp_path / "ijepa.pth.tar"),
+                                                  "--out", str(tmp_path / "ijepa"), "--num-heads", "4"])
+    assert publish_main([tmp_path / "ijepa", "--repo-id", "user/ijepa", "--license", "cc-by-nc-4.0", "--converted",
+                         "--base-model", "facebook/ijepa_vith14_1k"]) == 0
+
+    remote = AutoModel.from_pretrained("user/ijepa").eval()
+    with torch.no_grad():
+        a, b = original(pixels()), remote(pixels())
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state)
+    assert torch.equal(b.pooler_output, b.last_hidden_state.mean(1))  # no CLS: mean patch token
+    card = ModelCard.load(tmp_path / "ijepa-hub" / "README.md")
+    assert (card.data.license, card.data.base_model) == ("cc-by-nc-4.0", "facebook/ijepa_vith14_1k")
+    assert "converted to the Bootleg model classes" in card.text and "pretrained with **Bootleg**" not in card.text
+    assert "`[patches]`" in card.text
+    monkeypatch.chdir(tmp_path)
+    example_image(tmp_path / "example.jpg")
+    assert run_card_snippets(tmp_path / "ijepa-hub" / "README.md")[0]["patch_tokens"].shape == (1, 16, 32)
+
+
+CHILD = """
+import sys
+sys.path[:0] = {site!r}  # site-packages without .pth processing: the editable install of bootleg_hf stays out
+try:
+    import bootleg_hf
+except ImportError:
+    pass
+else:
+    raise SystemExit(f"bootleg_hf is importable in the child: {{bootleg_hf.__file__}}")
+import json
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSemanticSegmentation, pipeline
+
+x = load_file(sys.argv[1])["pixels"]
+out = {{}}
+with torch.no_grad():
+    for name, auto in (("tiny", AutoModel), ("tiny-cls", AutoModelForImageClassification),
+                       ("tiny-seg", AutoModelForSemanticSegmentation)):
+        model = auto.from_pretrained("user/" + name, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+        result = model(x)
+        out[name] = (result.logits if name != "tiny" else result.last_hidden_state).contiguous()
+save_file(out, sys.argv[2])
+classifier = pipeline("image-classification", model="user/tiny-cls", trust_remote_code=True)
+print(json.dumps(classifier(sys.argv[3], top_k=3)))
+"""
+
+
+def test_remote_code_loads_without_the_package(fake_hub, tmp_path):
+    folders = {name: task_folder(tmp_path, kind) for name, kind in
+               (("tiny", "encoder"), ("tiny-cls", "classification"), ("tiny-seg", "segmentation"))}
+    for name, folder in folders.items():
+        assert publish_main([folder, "--repo-id", f"user/{name}"]) == 0
+    save_file({"pixels": pixels()}, tmp_path / "in.safetensors")
+    code = CHILD.format(site=site.getsitepackages())
+    image = example_image(tmp_path / "example.jpg")
+    run = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(tmp_path / "in.safetensors"),
+                          str(tmp_path / "out.safetensors"), str(image)],
+                         env=hub_env(fake_hub.url, tmp_path / "child_home"), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = load_file(tmp_path / "out.safetensors")
+    with torch.no_grad():
+        want = {"tiny": BootlegModel.from_pretrained(folders["tiny"]).eval()(pixels()).last_hidden_state}
+        for name, auto in (("tiny-cls", AutoModelForImageClassification), ("tiny-seg", AutoModelForSemanticSegmentation)):
+            want[name] = auto.from_pretrained(folders[name]).eval()(pixels()).logits
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0)
+    local = pipeline("image-classification", model=str(folders["tiny-cls"]))(str(image), top_k=3)
+    remote = json.loads(run.stdout.strip().splitlines()[-1])
+    assert [r["label"] for r in remote] == [r["label"] for r in local]
+    assert np.allclose([r["score"] for r in remote], [r["score"] for r in local], atol=1e-6)
+
+
+def test_missing_token_is_a_clear_error(fake_hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("HF_TOKEN")
+    assert publish_main([task_folder(tmp_path, "encoder"), "--repo-id", "user/tiny"]) == 1
+    out, err = capsys.readouterr()
+    assert "no Hugging Face token" in err and "published" not in out
+    assert fake_hub.repos == {}
+
+
+def test_failed_upload_is_an_error_not_a_success(fake_hub, tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise HubError(500, "storage backend unavailable")
+
+    monkeypatch.setattr(fake_hub, "_commit", refuse)
+    assert publish_main([task_folder(tmp_path, "encoder"), "--repo-id", "user/tiny"]) == 1
+    out, err = capsys.readouterr()
+    assert "upload of" in err and "failed" in err and "published" not in out
+    assert set(fake_hub.repos["user/tiny"].files()) == {".gitattributes"}  # the repo exists, holds nothing of ours
+    assert publish_main([task_folder(tmp_path / "2", "encoder"), "--repo-id", "user/tiny", "--token", "bad"]) == 1
+    assert "failed" in capsys.readouterr().err
