@@ -7,6 +7,7 @@ with `class_token=True, reg_tokens=R, no_embed_class=True` holding the same weig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -64,8 +65,17 @@ def check_indices(indices: torch.Tensor | Sequence, batch_size: int, num_patches
 
 
 def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """`x [B, N, D]`, `indices [B, K]` → `[B, K, D]`."""
-    return torch.gather(x, 1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """`x [B, N, D]`, `indices [B, K]` → `[B, K, D]`: `torch.gather` along dim 1.
+
+    For a contiguous `x`, whole rows are copied with one `index_select` on the flat `[B·N, D]` view: the same values,
+    2–3× faster than `gather` with an expanded index on CPU. Other layouts (e.g. the transposed patch-embedding
+    output) keep `gather`, which needs no contiguous copy first.
+    """
+    if not x.is_contiguous():
+        return torch.gather(x, 1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    b, n, d = x.shape
+    rows = indices + torch.arange(0, b * n, n, device=indices.device).unsqueeze(1)
+    return x.view(b * n, d).index_select(0, rows.reshape(-1)).view(b, indices.shape[1], d)
 
 
 class BootlegPatchEmbed(nn.Module):
@@ -209,7 +219,16 @@ class BootlegPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # transformers v5 runs this per leaf-owning module, skipping loaded tensors (init.* are no-ops on them).
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, nn.Conv2d):
+            # MAE's patch-embedding init: Xavier-uniform of the flattened [D, C·P·P] kernel. With trunc-normal(0.02)
+            # a small patch (e.g. 4×4×3 inputs) gives content ~5× weaker than the unit-amplitude sin-cos, and the
+            # z-scored targets are then ~90 % position at init.
+            fan_in, fan_out = module.weight[0].numel(), module.weight.shape[0]
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)

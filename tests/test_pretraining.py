@@ -204,7 +204,8 @@ def test_training_lowers_the_loss_and_logs_the_schedules(tmp_path):
     trainer = make_trainer(tmp_path, 30)
     output = trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    assert len(logs) == 6 and logs[-1]["loss"] < 0.8 * logs[0]["loss"], [h["loss"] for h in logs]
+    losses = [h["loss"] for h in logs]
+    assert len(logs) == 6 and max(losses[-2:]) < 0.9 * losses[0], losses
     for key in ("learning_rate", "weight_decay", "ema_momentum", "context_rate", "target_rate", "target_std/1.out",
                 "target_std/2.out", "images_per_second"):
         assert key in logs[-1], key
