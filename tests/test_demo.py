@@ -70,7 +70,8 @@ def test_readme_command_runs(command, runs_dir):
 
 
 @pytest.mark.parametrize("index", range(len(readme_blocks("python"))))
-def test_readme_python_snippet_runs(index, tmp_path):
-    code = readme_blocks("python")[index].replace('"runs/', f'"{tmp_path}/')
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+def test_readme_python_snippet_runs(index, runs_dir):
+    """Each README Python snippet runs (after the shell commands, whose outputs some snippets load)."""
+    code = readme_blocks("python")[index].replace('"runs/', f'"{runs_dir}/')
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{code}\n{result.stderr[-3000:]}"
