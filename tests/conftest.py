@@ -3,10 +3,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network (the fake-Hub tests patch this)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import bootleg_hf
+from bootleg_hf.data import FASHION_MNIST_DIR
 
 torch.set_num_threads(2)
 
@@ -22,3 +25,17 @@ def tiny_config(**overrides) -> bootleg_hf.BootlegConfig:
 @pytest.fixture
 def config() -> bootleg_hf.BootlegConfig:
     return tiny_config()
+
+
+# `make test` installs Debian's dataset-fashion-mnist; elsewhere the tests that read it are skipped, with the reason.
+needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
+                                  reason="apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These tensors are tiny: one thread avoids OpenMP synchronisation costs (10× on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,13 +26,7 @@ from bootleg_hf.modeling_bootleg_heads import LinearSegmentationHead, MaskTransf
 PROBES = ("patch", "cls", "xattn", "xblk")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: one thread avoids OpenMP synchronisation costs (10× on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def classifier(probe: str = "cls", **overrides) -> BootlegForImageClassification:

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import needs_fmnist, tiny_config
 
-from bootleg_hf.data import FASHION_MNIST_DIR
 from bootleg_hf.probes import (
     PROBE_GRID,
     AttentiveProbe,
@@ -24,17 +23,9 @@ from bootleg_hf.probes import (
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("patch", "cls", "xattn", "xblk")
-needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
-                                  reason="apt-get install dataset-fashion-mnist")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: one thread avoids OpenMP synchronisation costs (10× on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tokens_for(config, batch: int = 6, seed: int = 0) -> torch.Tensor:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import needs_fmnist, tiny_config
 
-from bootleg_hf.data import FASHION_MNIST_DIR
 from bootleg_hf.modeling_bootleg_heads import build_segmentation_head
 from bootleg_hf.segmentation import (
     KnnSegmenter,
@@ -22,17 +21,9 @@ from bootleg_hf.segmentation import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
-                                  reason="apt-get install dataset-fashion-mnist")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: one thread avoids OpenMP synchronisation costs (10× on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # --- metric -----------------------------------------------------------------------------------------------------------
