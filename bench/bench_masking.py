@@ -10,9 +10,6 @@ synthetic in-memory dataset, against a stack-only collator, so the masking share
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -22,7 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `bench/` itself, for `common`
+from common import machine_info, write_json  # noqa: E402  (also puts the repo root on sys.path)
+
 from bootleg_hf.masking import MODES, BootlegDataCollator, MaskGenerator  # noqa: E402
 
 
@@ -87,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     grid = tuple(args.grid)
 
     result: dict = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                    "numpy": np.__version__, "torch_threads": torch.get_num_threads()},
+        "machine": machine_info(),
         "config": {"grid": grid, "batch_size": args.batch_size, "warmup": args.warmup},
         "generate": {},
     }
@@ -112,10 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"mask generation alone (bootleg, 1 thread): {loading['mask_only_images_per_s']:.0f} images/s")
     result["loading"] = loading
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(result, args.out)
     return result
 
 

@@ -1,0 +1,132 @@
+"""The benchmarks still run: every `bench/` module's core function on a tiny config, one repeat, JSON checked.
+
+Benchmarks themselves are never part of the test run (`make bench` runs them); this only guards against bit rot.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import bench_breakdown  # noqa: E402
+import bench_encoder  # noqa: E402
+import bench_masking  # noqa: E402
+import bench_pretrain_step  # noqa: E402
+import common  # noqa: E402
+import gpu  # noqa: E402
+import run_cpu  # noqa: E402
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=48, patch_size=8,
+            predictor_hidden_size=16, predictor_num_hidden_layers=1, predictor_num_attention_heads=2,
+            targets="1:1:2")
+MACHINE_KEYS = {"platform", "cpu_model", "cpu_count", "torch", "transformers", "timm", "numpy", "torch_threads", "date"}
+STAT_KEYS = {"median_s", "p10_s", "p90_s", "min_s", "repeats", "times_s"}
+
+
+def check_machine(result: dict) -> None:
+    assert MACHINE_KEYS <= set(result["machine"])
+
+
+def roundtrip(result: dict, path: Path) -> dict:
+    """Results must be JSON-serialisable as written by `write_json`."""
+    common.write_json(result, path)
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """`bench_masking` pins torch to one thread (its budget is per core): do not leak that into later tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_time_alternating_alternates_and_reports_raw_times():
+    calls = []
+    out = common.time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
+                                  warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert STAT_KEYS <= set(out["a"]) and len(out["a"]["times_s"]) == 3
+
+
+def test_encoder_bench(results):
+    out = roundtrip(bench_encoder.run(["vit-micro"], {"vit-micro": 2}, repeats=1, warmup=0, config_overrides=TINY),
+                    results / "encoder.json")
+    check_machine(out)
+    r = out["results"]["vit-micro"]
+    assert set(r["timings"]) == {"bootleg", "timm", "hf_vit", "bootleg_noreg"}
+    assert STAT_KEYS | {"images_per_s"} <= set(r["timings"]["bootleg"])
+    assert set(r["ratios"]) == {"ours_over_timm", "ours_over_hf", "ours_noreg_over_hf"}
+    assert r["timm_parity_max_abs_diff"] < 1e-5  # timm really is the same network
+
+
+def test_pretrain_step_bench(results):
+    out = roundtrip(bench_pretrain_step.run(["vit-micro"], batch_size=2, repeats=1, warmup=0, config_overrides=TINY),
+                    results / "pretrain_step.json")
+    check_machine(out)
+    r = out["results"]["vit-micro"]
+    assert set(r["timings"]) == {"bootleg", "mae", "ijepa"}
+    assert set(r["ratios"]) == {"bootleg_over_mae", "bootleg_over_ijepa"}
+    assert r["contenders"]["ijepa"]["targets"] == "final" and r["contenders"]["ijepa"]["mask_mode"] == "ijepa"
+    assert r["contenders"]["mae"]["decoder"]["hidden_size"] == TINY["predictor_hidden_size"]
+
+
+def test_breakdown_bench(results):
+    out = roundtrip(bench_breakdown.run(["vit-micro"], batch_size=2, repeats=1, warmup=0, config_overrides=TINY,
+                                        ema_repeats=1, loss_repeats=1, loss_shapes={"tiny": [2, 4, 3, 64]}),
+                    results / "breakdown.json")
+    check_machine(out)
+    r = out["results"]["vit-micro"]
+    assert list(r["shares"]) == list(bench_breakdown.PHASES)
+    assert abs(sum(r["shares"].values()) - 1) < 1e-6
+    assert set(r["profiler"]["phase_cpu_time_s"]) == set(bench_breakdown.PHASES)
+    assert {"targets_plus_loss_share", "ema_share", "teacher_share", "requirements", "full_step"} <= set(r)
+    assert set(out["ema"]["vit-micro"]["timings"]) == {"foreach_lerp", "per_parameter_loop", "foreach_mul_add"}
+    assert set(out["loss"]["tiny"]["timings"]) == {"mse_loss", "mse_no_forward"}
+
+
+def test_masking_bench(results):
+    out = bench_masking.main(["--out", str(results / "masking.json"), "--batch-size", "8", "--repeats", "20",
+                              "--warmup", "1", "--workers", "0", "--loader-batches", "2", "--image-size", "32"])
+    check_machine(out)
+    assert set(out["generate"]) == {"bootleg", "ijepa", "random"}
+    assert out["loading"]["bootleg_collator"]["images_per_s"] > 0
+
+
+def test_gpu_script_dry_run_on_cpu(tmp_path):
+    out = gpu.main(["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "1", "--batch-size", "2",
+                    "--inference-batch", "2", "--out", str(tmp_path / "gpu.json")])
+    assert json.loads((tmp_path / "gpu.json").read_text())["config"] == "tiny"
+    e = out["train"]["eager"]
+    assert e["images_per_s"] > 0 and 0 < e["mfu"] < 1
+    assert set(e["model_gflops_per_image"]) == {"teacher", "student", "predictor", "total"}
+    assert out["breakdown_eager"]["shares"] and out["inference"]["eager"]["bootleg"]["images_per_s"] > 0
+
+
+def test_flop_counts_match_the_notes():
+    from bootleg_hf import BootlegConfig
+
+    # notes §5: ViT-S/16 and ViT-B/16 forward at 197 tokens = 9.20 and 35.13 GFLOPs
+    assert gpu.encoder_flops(BootlegConfig.from_preset("vit-small"), 197) / 1e9 == pytest.approx(9.20, abs=0.01)
+    assert gpu.encoder_flops(BootlegConfig.from_preset("vit-base"), 197) / 1e9 == pytest.approx(35.13, abs=0.01)
+    f = gpu.step_flops_per_image(BootlegConfig.from_preset("vit-base"), 90, 32, 4)
+    assert f["teacher"] / 1e9 == pytest.approx(35.9, abs=0.05)  # all 201 tokens
+    assert f["total"] == pytest.approx(f["teacher"] + f["student"] + f["predictor"])
+
+
+def test_summary_from_the_smoke_results(results):
+    # runs last in this module: the files written by the tests above feed the summary
+    path = run_cpu.write_summary(results)
+    text = path.read_text()
+    for title in ("Encoder forward", "Pretraining step", "Step breakdown", "Mask generation"):
+        assert title in text
