@@ -316,8 +316,10 @@ def test_recipes_build_the_paper_sizes():
         if name != "vit-micro":
             assert args.per_device_train_batch_size == 2048 and args.lr_max == 3e-3 and args.num_train_epochs == 600
             assert args.warmup_steps == 105 * (1_281_167 // 2048)
-    small = pretrain.load_recipe(REPO / "training" / "recipes" / "vit-small.yaml", ["training.lr_max=1e-3"])
-    assert small["training"]["lr_max"] == 1e-3
+    small = pretrain.load_recipe(REPO / "training" / "recipes" / "vit-small.yaml",
+                                 ["training.lr_max=1e-3", "model.targets=1:2:12", "training.bf16=false"])
+    assert small["training"]["lr_max"] == 1e-3 and small["training"]["bf16"] is False
+    assert pretrain.build_config(small).targets == "1:2:12"  # not YAML 1.1's base-60 integer 4332
     with pytest.raises(ValueError, match="section.key=value"):
         pretrain.load_recipe(REPO / "training" / "recipes" / "vit-small.yaml", ["lr_max=1"])
 

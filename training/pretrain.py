@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 import bootleg_hf
@@ -40,7 +41,10 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> dict[str,
 
 
 def parse_value(text: str) -> Any:
-    """YAML value, with '1e-3'-style floats accepted (PyYAML reads them as strings)."""
+    """YAML value, with '1e-3'-style floats accepted (PyYAML reads them as strings) and colon specs such as '1:2:6'
+    kept as strings (YAML 1.1 would read them as base-60 integers)."""
+    if ":" in text and not text.lstrip().startswith(("{", "[")):
+        return text
     value = yaml.safe_load(text)
     if isinstance(value, str):
         try:
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> bootleg_hf.BootlegTrainer:
 
     training_args = build_training_args(recipe, args.output_dir, len(dataset), max_steps=args.max_steps,
                                         seed=args.seed, dataloader_num_workers=args.num_workers)
+    set_seed(args.seed)  # the initial weights depend on --seed too, not only the data order and masks
     model = bootleg_hf.BootlegForPretraining(config)
     trainer = bootleg_hf.BootlegTrainer(model=model, args=training_args, train_dataset=dataset)
     resume = get_last_checkpoint(args.output_dir) if args.resume == "auto" else args.resume

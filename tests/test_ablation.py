@@ -1,0 +1,116 @@
+"""training/ablation.py: objective table, a tiny two-objective × two-seed ablation (report structure, per-run configs,
+same initial encoder per seed, mean ± std) and run-level resume."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bootleg_hf.data import FASHION_MNIST_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+import ablation  # noqa: E402
+
+needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
+                                  reason="apt-get install dataset-fashion-mnist")
+
+# A 2-block, width-32 encoder on 16 px images (4×4 grid, so a smaller minimum context), a run takes about a second.
+TINY = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+        "model.predictor_hidden_size=16", "model.predictor_num_hidden_layers=1",
+        "model.predictor_num_attention_heads=2", "data.image_size=16", "model.mask_min_context=4"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_objectives_are_depth_aware_and_distinct():
+    assert ablation.spaced_blocks(6) == "1:2:6"
+    assert ablation.spaced_blocks(12) == "1:4:12"
+    assert ablation.spaced_blocks(24) == "1:4:24"
+    assert ablation.objective_settings("bootleg", 6) == {"targets": "1:2:6", "target_merge": "concat",
+                                                         "mask_mode": "bootleg"}
+    assert ablation.objective_settings("last", 6)["targets"] == "6"
+    assert ablation.objective_settings("ijepa", 6) == {"targets": "final", "target_merge": "concat",
+                                                       "mask_mode": "ijepa"}
+    assert ablation.objective_settings("average", 6) == {"targets": "1:2:6", "target_merge": "average",
+                                                         "mask_mode": "bootleg"}
+    assert ablation.objective_settings("pixels", 6)["targets"] == "pixels"
+    assert ablation.objective_settings("random-mask", 6)["mask_mode"] == "random"
+    assert ablation.objective_settings("deep", 12)["targets"] == "9-12"  # the paper's "blocks 9-12" row
+    assert ablation.objective_settings("middle", 12)["targets"] == "5-8"
+    settings = [tuple(ablation.objective_settings(n, 6).values()) for n in ablation.ALL_OBJECTIVES]
+    assert len(set(settings)) == len(settings)
+    for depth in (2, 3, 6, 12, 24):  # every objective is a valid config at every depth
+        for name in ablation.ALL_OBJECTIVES:
+            s = ablation.objective_settings(name, depth)
+            ablation.bootleg_hf.BootlegConfig(num_hidden_layers=depth, **s).target_spec
+    with pytest.raises(ValueError, match="unknown objective"):
+        ablation.objective_settings("dino", 6)
+
+
+@needs_fmnist
+def test_tiny_ablation_report_and_resume(tmp_path):
+    kwargs = dict(preset="vit-micro", objectives=["bootleg", "ijepa"], seeds=[0, 1], steps=2, batch_size=8,
+                  probes=["patch", "xblk"], probe_epochs=1, probe_train=32, probe_test=16, probe_lrs=[1e-3],
+                  probe_wds=[0.05], include_random_init=True, out=tmp_path / "abl", pretrain_limit=64, overrides=TINY)
+    data = ablation.run_ablation(**kwargs)
+    names = ["bootleg-s0", "ijepa-s0", "bootleg-s1", "ijepa-s1", "random-init-s0", "random-init-s1"]
+    assert data["ran"] == names and data["skipped"] == []
+    assert data["depth"] == 2
+
+    # per run: the objective's config is what was actually trained (the exported encoder's config says so)
+    runs = {(r["objective"], r["seed"]): r for r in data["runs"]}
+    for name in ("bootleg", "ijepa"):
+        expected = ablation.objective_settings(name, 2)
+        for seed in (0, 1):
+            run = runs[(name, seed)]
+            assert {k: run["settings"][k] for k in expected} == expected
+            saved = json.loads((tmp_path / "abl" / "runs" / f"{name}-s{seed}" / "encoder" / "config.json").read_text())
+            assert {k: saved[k] for k in expected} == expected
+            assert run["pretrain"]["steps"] == 2 and run["pretrain"]["loss_last"] is not None
+    assert runs[("bootleg", 0)]["target_spec"] == "1.out,2.out" and runs[("ijepa", 0)]["target_spec"] == "final"
+    # one seed = one initial encoder for every objective (and the random-init baseline is that encoder)
+    for seed in (0, 1):
+        assert len({runs[(n, seed)]["pretrain"]["init_sha256"] for n in ("bootleg", "ijepa", "random-init")}) == 1
+    assert runs[("bootleg", 0)]["pretrain"]["init_sha256"] != runs[("bootleg", 1)]["pretrain"]["init_sha256"]
+
+    # mean ± sample std over the seeds
+    for name in ("bootleg", "ijepa", "random-init"):
+        for kind in ("patch", "xblk"):
+            stat = data["summary"][name]["probes"][kind]
+            values = [runs[(name, s)]["probes"][kind]["top1"] for s in (0, 1)]
+            assert stat["n"] == 2 and stat["values"] == values
+            assert stat["mean"] == pytest.approx(statistics.fmean(values))
+            assert stat["std"] == pytest.approx(statistics.stdev(values))
+    assert set(data["paired_vs_bootleg"]) == {"ijepa", "random-init"}
+
+    report = tmp_path / "abl" / "ablation"
+    saved = json.loads(report.with_suffix(".json").read_text())
+    assert list(saved["summary"]) == ["bootleg", "ijepa", "random-init"]
+    md = report.with_suffix(".md").read_text()
+    assert "| objective | targets | merge | masking | patch top-1 % | xblk top-1 % |" in md
+    for label in ("Bootleg (spaced blocks, concat)", "I-JEPA (final LN, I-JEPA masks)", "random init"):
+        row = next(line for line in md.splitlines() if line.startswith(f"| {label}"))
+        assert "±" in row
+    assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+    # resume: finished runs are skipped; a run without its result is redone, reusing its finished pretraining
+    (tmp_path / "abl" / "runs" / "ijepa-s1" / "result.json").unlink()
+    again = ablation.run_ablation(**kwargs)
+    assert again["ran"] == ["ijepa-s1"] and len(again["skipped"]) == 5
+    redone = next(r for r in again["runs"] if r["objective"] == "ijepa" and r["seed"] == 1)
+    assert redone["pretrain"] == runs[("ijepa", 1)]["pretrain"]  # not retrained
+    assert again["summary"]["bootleg"]["probes"] == data["summary"]["bootleg"]["probes"]
+
+    # other settings in the same folder are refused instead of silently mixed
+    with pytest.raises(ValueError, match="other settings"):
+        ablation.run_ablation(**{**kwargs, "steps": 3})
