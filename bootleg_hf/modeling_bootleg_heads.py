@@ -100,6 +100,13 @@ class BootlegHeadModel(BootlegPreTrainedModel):
     # a pretraining checkpoint holds the teacher under `bootleg.`; its student and predictor do not belong here
     _keys_to_ignore_on_load_unexpected = [r"^student\.", r"^predictor\."]
 
+    def encode(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None,
+               output_hidden_states: bool | None = None, output_attentions: bool | None = None):
+        """The encoder's `BaseModelOutputWithPooling` (`last_hidden_state [B, 1+R+N, D]`) for the head."""
+        return self.bootleg(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
+                            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                            return_dict=True)
+
     def freeze_encoder(self) -> "BootlegHeadModel":
         """Frozen-encoder probing: no gradients for the encoder (it has no dropout, so its mode does not matter)."""
         self.bootleg.requires_grad_(False)
@@ -156,9 +163,7 @@ class BootlegForImageClassification(BootlegHeadModel):
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        encoded = self.bootleg(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
-                               output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-                               return_dict=True)
+        encoded = self.encode(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
         logits = self.classifier(encoded.last_hidden_state)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         out = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
@@ -194,9 +199,7 @@ class BootlegForSemanticSegmentation(BootlegHeadModel):
         **kwargs,
     ) -> SemanticSegmenterOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        encoded = self.bootleg(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
-                               output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-                               return_dict=True)
+        encoded = self.encode(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
         logits = self.decode_head(encoded.last_hidden_state, grid)
         loss = None

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from bootleg_hf.data import FASHION_MNIST_DIR
 
@@ -24,12 +23,7 @@ TINY = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attentio
         "model.predictor_num_attention_heads=2", "data.image_size=16", "model.mask_min_context=4"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_objectives_are_depth_aware_and_distinct():
