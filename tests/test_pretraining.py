@@ -374,3 +374,11 @@ def test_pretrain_script_on_a_folder_with_a_corrupt_image(tmp_path, caplog):
     resumed = BootlegForPretraining.from_pretrained(tmp_path / "skip")
     assert torch.equal(encoder.blocks[0].attn.qkv.weight, resumed.teacher.blocks[0].attn.qkv.weight)
     assert (tmp_path / "skip" / "encoder" / "preprocessor_config.json").exists()
+
+
+def test_from_encoder_continues_pretraining_from_an_encoder():
+    encoder = bootleg_hf.BootlegModel(tiny_config())
+    model = BootlegForPretraining.from_encoder(encoder, targets="2")
+    assert model.config.targets == "2" and model.predictor.head.out_features == 32
+    for s, t, e in zip(model.student.parameters(), model.teacher.parameters(), encoder.parameters()):
+        assert torch.equal(s, e) and torch.equal(t, e) and not t.requires_grad

@@ -12,7 +12,6 @@ Overrides: `--set training.lr_max=1e-3 --set model.targets=1:2:12` (dotted YAML 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import bootleg_hf
 from bootleg_hf.data import PretrainTransform, load_image_dataset
-
-TRAINING_KEYS_HANDLED_HERE = ("global_batch_size", "warmup_epochs")
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> dict[str, Any]:
