@@ -326,17 +326,14 @@ def test_recipes_build_the_paper_sizes():
 
 def test_two_process_cpu_run(tmp_path):
     """torchrun with 2 CPU processes (gloo): different masks per rank, identical teachers."""
-    import socket
     import subprocess
     import sys
 
     from safetensors.torch import load_file
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(REPO / "tests" / "ddp_worker.py"), str(tmp_path)]
+    # --standalone lets torchrun pick a free port itself (no race with a port chosen here and released)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "ddp_worker.py"), str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
