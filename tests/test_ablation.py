@@ -55,7 +55,8 @@ def test_objectives_are_depth_aware_and_distinct():
 def test_tiny_ablation_report_and_resume(tmp_path):
     kwargs = dict(preset="vit-micro", objectives=["bootleg", "ijepa"], seeds=[0, 1], steps=2, batch_size=8,
                   probes=["patch", "xblk"], probe_epochs=1, probe_train=32, probe_test=16, probe_lrs=[1e-3],
-                  probe_wds=[0.05], include_random_init=True, out=tmp_path / "abl", pretrain_limit=64, overrides=TINY)
+                  probe_wds=[0.05], include_random_init=True, out=tmp_path / "abl", pretrain_limit=64, overrides=TINY,
+                  analyze_images=8)
     data = ablation.run_ablation(**kwargs)
     names = ["bootleg-s0", "ijepa-s0", "bootleg-s1", "ijepa-s1", "random-init-s0", "random-init-s1"]
     assert data["ran"] == names and data["skipped"] == []
@@ -97,6 +98,25 @@ def test_tiny_ablation_report_and_resume(tmp_path):
         assert "±" in row
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
+    # representations: each run's numbers are read off its own analysis (the random-init baseline is its seed's
+    # initial encoder, which pretraining moves), CKA in [0, 1], and the report has the seed-mean table
+    for (name, seed), run in runs.items():
+        analysis = json.loads((tmp_path / "abl" / "runs" / f"{name}-s{seed}" / "analysis" / "analysis.json")
+                              .read_text())
+        assert analysis["num_images"] == 8 and analysis["remove_position_mean"]
+        rep = run["representation"]
+        layers, cka = analysis["layers"], analysis["cka"]
+        assert rep["cka_embed_last"] == cka[layers.index("embed")][layers.index("2.out")]
+        assert rep["cka_consecutive"] == cka[layers.index("1.out")][layers.index("2.out")]  # the only pair at depth 2
+        assert rep["spatial_d1_last"] == analysis["spatial_autocorrelation"]["layers"]["2.out"][1]
+        assert 0 <= rep["cka_embed_last"] <= 1 + 1e-6 and 0 <= rep["cka_consecutive"] <= 1 + 1e-6
+        assert -1 <= rep["spatial_d1_last"] <= 1
+    for seed in (0, 1):
+        assert runs[("bootleg", seed)]["representation"] != runs[("random-init", seed)]["representation"]
+    stat = data["summary"]["ijepa"]["representation"]["cka_embed_last"]
+    assert stat["values"] == [runs[("ijepa", s)]["representation"]["cka_embed_last"] for s in (0, 1)]
+    assert "| objective | CKA(tokenizer output, last block) |" in md
+
     # resume: finished runs are skipped; a run without its result is redone, reusing its finished pretraining
     (tmp_path / "abl" / "runs" / "ijepa-s1" / "result.json").unlink()
     again = ablation.run_ablation(**kwargs)
@@ -104,6 +124,7 @@ def test_tiny_ablation_report_and_resume(tmp_path):
     redone = next(r for r in again["runs"] if r["objective"] == "ijepa" and r["seed"] == 1)
     assert redone["pretrain"] == runs[("ijepa", 1)]["pretrain"]  # not retrained
     assert again["summary"]["bootleg"]["probes"] == data["summary"]["bootleg"]["probes"]
+    assert again["summary"]["bootleg"]["representation"] == data["summary"]["bootleg"]["representation"]
 
     # other settings in the same folder are refused instead of silently mixed
     with pytest.raises(ValueError, match="other settings"):

@@ -77,6 +77,7 @@ from matplotlib.figure import Figure
 from transformers.trainer_utils import get_last_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import analyze  # noqa: E402
 import pretrain  # noqa: E402
 import probe  # noqa: E402
 
@@ -190,9 +191,63 @@ def pretrain_run(recipe: dict[str, Any], config: bootleg_hf.BootlegConfig, datas
     return record
 
 
+def run_recipe_for(base_recipe: dict[str, Any], settings: dict[str, str]) -> dict[str, Any]:
+    """The recipe of one run: the shared recipe with the objective's settings (the random-init baseline has none and
+    gets any valid targets: they do not change the encoder)."""
+    recipe = copy.deepcopy(base_recipe)
+    recipe["model"].update(settings or {"targets": "final", "target_merge": "concat"})
+    return recipe
+
+
 def probe_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {kind: {"top1": r["best"]["top1"], "lr": r["best"]["lr"], "weight_decay": r["best"]["weight_decay"]}
             for kind, r in results["probes"].items()}
+
+
+# Representation summary: the three numbers of `analyze.analyze` compared across objectives
+REPRESENTATION_METRICS = {
+    "cka_embed_last": "CKA(tokenizer output, last block)",
+    "cka_consecutive": "mean CKA of consecutive blocks",
+    "spatial_d1_last": "last block: spatial autocorr. at distance 1",
+}
+
+
+def representation_summary(analysis: dict[str, Any]) -> dict[str, float]:
+    """From one `analyze.analyze` result: how far the last block has moved from the tokenizer output (linear CKA of
+    `embed` with `L.out`; 1 = linearly the same), how alike consecutive blocks are (mean CKA of `b.out`, `b+1.out`),
+    and how local the last block's patch embeddings are (mean cosine similarity of neighbouring patches)."""
+    layers = analysis["layers"]
+    last = f"{analysis['config']['num_hidden_layers']}.out"
+    blocks = [i for i, name in enumerate(layers) if name.endswith(".out")]
+    cka = analysis["cka"]
+    distances = analysis["spatial_autocorrelation"]["distances"]
+    return {
+        "cka_embed_last": cka[layers.index("embed")][layers.index(last)],
+        "cka_consecutive": statistics.fmean(cka[i][j] for i, j in zip(blocks[:-1], blocks[1:])),
+        "spatial_d1_last": analysis["spatial_autocorrelation"]["layers"][last][distances.index(1.0)],
+    }
+
+
+def analyze_runs(runs: list[dict[str, Any]], runs_dir: Path, base_recipe: dict[str, Any],
+                 dataset: str | datasets.DatasetDict, num_images: int) -> None:
+    """Analyse every run's teacher (the random-init baseline: its seed's initial encoder) on the first `num_images`
+    test images, reusing `<run>/analysis/analysis.json` when it was made with that many images; add
+    `representation` (see `representation_summary`) to each run."""
+    pixel_values = None
+    for r in runs:
+        run_dir = runs_dir / f"{r['objective']}-s{r['seed']}"
+        saved = run_dir / "analysis" / "analysis.json"
+        result = json.loads(saved.read_text()) if saved.is_file() else None
+        if result is None or result["num_images"] != num_images or not result["remove_position_mean"]:
+            config = pretrain.build_config(run_recipe_for(base_recipe, {}))
+            if pixel_values is None:
+                pixel_values = analyze.load_pixel_values(dataset, num_images, tuple(config.image_hw), "test")
+            if r["objective"] == RANDOM_INIT:
+                encoder: torch.nn.Module = initial_model(config, r["seed"]).student
+            else:
+                encoder = analyze.load_encoder(str(run_dir / "encoder"))
+            result = analyze.analyze(encoder, pixel_values, num_images, run_dir / "analysis", remove_position_mean=True)
+        r["representation"] = representation_summary(result)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -230,9 +285,14 @@ def run_ablation(
     overrides: Sequence[str] = (),
     num_workers: int = 0,
     keep_checkpoints: bool = False,
+    analyze_images: int = 0,
 ) -> dict[str, Any]:
     """Run (or resume) the ablation; write `<report>.md/.json/.png` (default `<out>/ablation.*`) and return the report
-    dict, which also lists the runs done now (`ran`) and those reused from an earlier call (`skipped`)."""
+    dict, which also lists the runs done now (`ran`) and those reused from an earlier call (`skipped`).
+
+    `analyze_images` > 0 also analyses every teacher (and the random-init encoders) on that many test images with
+    `training/analyze.py` (position mean removed; per run in `<run>/analysis/`) and adds the representation summary
+    of `representation_summary` to the report. It can be added to a finished ablation: only the analysis runs."""
     start = time.perf_counter()
     objectives = list(dict.fromkeys(objectives))
     bad = [name for name in objectives if name not in ALL_OBJECTIVES]
@@ -296,8 +356,8 @@ def run_ablation(
         if started.is_file() and json.loads(started.read_text()) != expected:
             raise ValueError(f"{run_dir} holds an unfinished run with other settings; use another --out or delete it")
         write_json(started, expected)
-        run_recipe = copy.deepcopy(base_recipe)
-        run_recipe["model"].update(settings or {"targets": "final", "target_merge": "concat"})  # any valid targets
+        shutil.rmtree(run_dir / "analysis", ignore_errors=True)  # it describes the encoder this run replaces
+        run_recipe = run_recipe_for(base_recipe, settings)
         config = pretrain.build_config(run_recipe)
         if probe_data is None:
             probe_data = datasets.DatasetDict(train=load_image_dataset(dataset, "train"),
@@ -343,11 +403,14 @@ def run_ablation(
               + (f", ~{elapsed / max(1, len(ran)) * remaining / 60:.0f} min to go)" if remaining else ")"), flush=True)
 
     finished = [json.loads((runs_dir / f"{name}-s{seed}" / "result.json").read_text()) for name, seed in plan]
+    if analyze_images:
+        analyze_runs(finished, runs_dir, base_recipe, dataset, analyze_images)
     summary = summarize(finished, objectives + ([RANDOM_INIT] if include_random_init else []), list(probes))
     report_data = {
         "preset": preset, "depth": depth, "objectives": {n: {"label": LABELS[n], **objective_settings(n, depth)}
                                                          for n in objectives},
-        "seeds": list(seeds), "probes": list(probes), "settings": signature, "threads": torch.get_num_threads(),
+        "seeds": list(seeds), "probes": list(probes), "settings": signature, "analyze_images": analyze_images,
+        "threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "summary": summary, "paired_vs_bootleg": paired_differences(finished, list(probes)),
         "runs": finished, "ran": ran, "skipped": skipped,
@@ -377,6 +440,9 @@ def summarize(runs: list[dict[str, Any]], names: list[str], probes: list[str]) -
                          loss_last=mean_std([r["pretrain"]["loss_last"] for r in mine]),
                          pretrain_wall_s=mean_std([r["pretrain"]["wall_s"] for r in mine]))
         entry["probe_wall_s"] = mean_std([r["probe_wall_s"] for r in mine])
+        if all("representation" in r for r in mine):
+            entry["representation"] = {k: mean_std([r["representation"][k] for r in mine])
+                                       for k in REPRESENTATION_METRICS}
         summary[name] = entry
     return summary
 
@@ -466,6 +532,16 @@ def report_markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {LABELS[r['objective']]} | {r['seed']} | "
                      + " | ".join(f"{r['probes'][k]['top1']:.2f}" for k in probes)
                      + f" | {'–' if loss is None else f'{loss:.3f}'} |")
+    analysed = [n for n, e in summary.items() if "representation" in e]
+    if analysed:
+        lines += ["", "Representations (`training/analyze.py` on the first "
+                  f"{data['analyze_images']} test images, patch tokens, each layer's mean at every grid position "
+                  "removed; per run in `runs/<objective>-s<seed>/analysis/` of the ablation folder), mean ± std "
+                  "over seeds:", "",
+                  "| objective | " + " | ".join(REPRESENTATION_METRICS.values()) + " |",
+                  "|---" * (1 + len(REPRESENTATION_METRICS)) + "|"]
+        lines += [f"| {LABELS[n]} | " + " | ".join(fmt(summary[n]["representation"][k], 3)
+                                                   for k in REPRESENTATION_METRICS) + " |" for n in analysed]
     paper = [n for n in summary if n in PAPER_ABLATION]
     if paper:
         lines += ["", "The paper's ablation for comparison (SPEC §12: ViT-S/16, 300 ImageNet epochs, IN-1k top-1 %; "
@@ -560,6 +636,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--num-workers", type=int, default=0, help="data-loader workers")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy 2-core machine)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints of finished runs")
+    p.add_argument("--analyze-images", type=int, default=0,
+                   help="also analyse every encoder's representations on this many test images (0: no)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -570,7 +648,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         probe_batch_size=args.probe_batch_size, probe_lrs=args.probe_lrs,
         probe_wds=args.probe_wds, include_random_init=args.include_random_init, out=args.out, report=args.report,
         dataset=args.dataset, pretrain_limit=args.limit, recipe=args.recipe, overrides=args.set,
-        num_workers=args.num_workers, keep_checkpoints=args.keep_checkpoints)
+        num_workers=args.num_workers, keep_checkpoints=args.keep_checkpoints, analyze_images=args.analyze_images)
     print(report_markdown(data))
     return data
 
