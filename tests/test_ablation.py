@@ -97,6 +97,10 @@ def test_tiny_ablation_report_and_resume(tmp_path):
         row = next(line for line in md.splitlines() if line.startswith(f"| {label}"))
         assert "±" in row
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    stds = runs[("bootleg", 0)]["pretrain"]["target_std_last"]  # the collapse monitor, per target layer
+    assert set(stds) == {"1.out", "2.out"}
+    row = next(line for line in md.splitlines() if line.startswith("| Bootleg (spaced blocks, concat) | 0 |"))
+    assert row.endswith(" | " + ", ".join(f"{k} {v:.2f}" for k, v in stds.items()) + " |")
 
     # representations: each run's numbers are read off its own analysis (the random-init baseline is its seed's
     # initial encoder, which pretraining moves), CKA in [0, 1], and the report has the seed-mean table

@@ -1,20 +1,26 @@
 """Objective ablation (the paper's central experiment at small scale): pretrain one encoder per objective with the
 same architecture, data, budget, schedules, masks and seeds, then score every teacher with the same frozen probes.
 
-    # CPU (the committed bench/results/ablation_cpu.*: 39 min measured at 1 thread on 2 shared, busy cores)
+    # CPU, session-sized (the committed bench/results/ablation_cpu_500.*: 500 × 128 steps ≈ 1.07 epochs per run,
+    # measured at 2 threads on the otherwise idle 2-core machine; the time is in the report)
+    python training/ablation.py --preset vit-micro --steps 500 --batch-size 128 --seeds 0,1,2 \
+        --set training.ema_start=0.99 --set training.ema_end=0.998 --probes patch,xblk --probe-epochs 3 \
+        --probe-train 6000 --probe-test 2000 --probe-batch-size 64 --include-random-init --threads 2 \
+        --analyze-images 512 --out runs/ablation_cpu500 --report bench/results/ablation_cpu_500
+    # the first, smaller CPU budget (bench/results/ablation_cpu.*: 80 × 128 steps, 39 min at 1 thread on busy cores)
     OMP_NUM_THREADS=1 python training/ablation.py --preset vit-micro --steps 80 --batch-size 128 --seeds 0,1,2 \
         --set training.ema_start=0.98 --set training.ema_end=0.995 --probes patch,xblk --probe-epochs 2 \
         --probe-train 3000 --probe-test 2000 --probe-batch-size 64 --include-random-init --threads 1 \
         --out runs/ablation_cpu --report bench/results/ablation_cpu
 
-    # GPU (prepared, not run yet: no GPU in the session that wrote this). 50× the CPU pretraining images (2000 steps
+    # GPU (prepared, not run yet: no GPU in the sessions so far). 8× the session-sized CPU run's images (2000 steps
     # × 256 ≈ 8.5 epochs), the paper's 10 probe epochs, the full test set. Time one run first
     # (`--objectives bootleg --seeds 0`, reused by the full call) and size --steps to the device time you have; the
     # ablation resumes run by run, so it may span several sessions.
     python training/ablation.py --preset vit-micro --steps 2000 --batch-size 256 --seeds 0,1,2 \
         --set training.ema_start=0.99 --set training.ema_end=0.999 --probes patch,cls,xblk --probe-epochs 10 \
         --probe-train 20000 --probe-test 10000 --probe-batch-size 256 --num-workers 8 --include-random-init \
-        --out runs/ablation_gpu --report bench/results/ablation_gpu
+        --analyze-images 1024 --out runs/ablation_gpu --report bench/results/ablation_gpu
     # the same at the paper's depth (12 blocks: Bootleg's targets are then exactly 1:4:12 = {1, 4, 8, 12}) with the
     # paper's two extra ablation rows (blocks 9-12 and 5-8, concatenated):
     python training/ablation.py ... --set model.num_hidden_layers=12 \
@@ -50,6 +56,11 @@ Resumable: each run writes `<out>/runs/<objective>-s<seed>/result.json` when don
 (a run whose recorded settings differ from the requested ones is an error: use another `--out`). An interrupted
 pretraining resumes from its last checkpoint, and a finished pretraining (`pretrain.json` + `encoder/`) is only
 probed again. The report (`<report>.md`, `.json`, `.png`) is rebuilt from all finished runs at the end.
+
+Representations: `--analyze-images N` runs `training/analyze.py` on every teacher and random-init encoder (first N
+test images, each layer's per-position mean removed) and adds three numbers per objective to the report — CKA of the
+tokenizer output with the last block, mean CKA of consecutive blocks, and the last block's spatial autocorrelation at
+distance 1. Added to a finished ablation, only the analysis runs.
 """
 
 from __future__ import annotations
@@ -525,13 +536,17 @@ def report_markdown(data: dict[str, Any]) -> str:
                 ci = (per.get(k) or {}).get("ci95")
                 cells.append(fmt(per.get(k), sign=True) + (" †" if ci and (ci[0] > 0 or ci[1] < 0) else ""))
             lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
-    lines += ["", "Per seed (top-1 %):", "", "| objective | seed | " + " | ".join(probes) + " | final loss |",
-              "|---" * (3 + len(probes)) + "|"]
+    lines += ["", "Per seed (top-1 %; target std: each target layer's last logged per-channel std over the target "
+              "tokens after per-token z-scoring, 1 = diverse targets, near 0 = collapsed teacher):", "",
+              "| objective | seed | " + " | ".join(probes) + " | final loss | target std |",
+              "|---" * (4 + len(probes)) + "|"]
     for r in sorted(data["runs"], key=lambda r: (list(summary).index(r["objective"]), r["seed"])):
         loss = r["pretrain"].get("loss_last")
+        stds = r["pretrain"].get("target_std_last") or {}
         lines.append(f"| {LABELS[r['objective']]} | {r['seed']} | "
                      + " | ".join(f"{r['probes'][k]['top1']:.2f}" for k in probes)
-                     + f" | {'–' if loss is None else f'{loss:.3f}'} |")
+                     + f" | {'–' if loss is None else f'{loss:.3f}'} | "
+                     + (", ".join(f"{name} {v:.2f}" for name, v in stds.items()) or "–") + " |")
     analysed = [n for n, e in summary.items() if "representation" in e]
     if analysed:
         lines += ["", "Representations (`training/analyze.py` on the first "
