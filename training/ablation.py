@@ -7,7 +7,8 @@ same architecture, data, budget, schedules, masks and seeds, then score every te
         --set training.ema_start=0.99 --set training.ema_end=0.998 --probes patch,xblk --probe-epochs 3 \
         --probe-train 6000 --probe-test 2000 --probe-batch-size 64 --include-random-init --threads 2 \
         --analyze-images 512 --out runs/ablation_cpu500 --report bench/results/ablation_cpu_500
-    # the same at 3× the steps for two objectives and 2 seeds (bench/results/ablation_cpu_1500.*, 37 min):
+    # the same at 3× the steps for two objectives and 2 seeds (bench/results/ablation_cpu_1500.*, 37 min; then
+    # `--seeds 0 --objectives bootleg,random-mask,last,pixels --report bench/results/ablation_cpu_1500_seed0`):
     python training/ablation.py ... --steps 1500 --seeds 0,1 --objectives bootleg,random-mask \
         --out runs/ablation_cpu1500 --report bench/results/ablation_cpu_1500
     # the first, smaller CPU budget (bench/results/ablation_cpu.*: 80 × 128 steps, 39 min at 1 thread on busy cores)
