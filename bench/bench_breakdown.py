@@ -33,7 +33,6 @@ Part 3, loss: forward + backward of `F.mse_loss` vs `MSELossNoForward` at the ta
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import sys
@@ -44,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pretrain_step import make_adamw  # noqa: E402
-from common import (RESULTS_DIR, machine_info, ratio, set_threads, stats, time_alternating,  # noqa: E402
+from common import (preset_bench_parser, machine_info, ratio, set_threads, stats, time_alternating,  # noqa: E402
                     write_json)
 
 from bootleg_hf import BootlegConfig, BootlegForPretraining  # noqa: E402
@@ -285,15 +284,9 @@ def run(presets: list[str], batch_size: int = 16, repeats: int | None = None, wa
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["vit-micro", "vit-small"])
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=None, help=f"timed rounds (default: {DEFAULT_REPEATS})")
-    p.add_argument("--warmup", type=int, default=1)
+    p = preset_bench_parser(__doc__, ["vit-micro", "vit-small"], DEFAULT_REPEATS, "breakdown.json")
     p.add_argument("--logged-loss", action="store_true", help="real MSE instead of MSELossNoForward")
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler cross-check")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=str(RESULTS_DIR / "breakdown.json"))
     args = p.parse_args(argv)
     set_threads(args.threads)
     result = run(args.presets, args.batch_size, args.repeats, args.warmup, logged_loss=args.logged_loss,

@@ -22,14 +22,13 @@ times (robust to other processes taking the cores). < 1 means ours is faster.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS_DIR, cpu_ratio, machine_info, paired_ratio, ratio, set_threads,  # noqa: E402
+from common import (preset_bench_parser, cpu_ratio, machine_info, paired_ratio, ratio, set_threads,  # noqa: E402
                     time_alternating, write_json)
 
 from bootleg_hf import BootlegConfig, BootlegModel, bootleg_to_timm  # noqa: E402
@@ -126,14 +125,8 @@ def run(presets: list[str], batch_sizes: dict[str, int] | None = None, repeats: 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["vit-micro", "vit-small", "vit-base"])
-    p.add_argument("--batch-size", type=int, default=None, help="one batch size for every preset "
-                   f"(default: {DEFAULT_BATCH})")
-    p.add_argument("--repeats", type=int, default=None, help=f"timed rounds (default: {DEFAULT_REPEATS})")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--out", default=str(RESULTS_DIR / "encoder.json"))
+    p = preset_bench_parser(__doc__, ["vit-micro", "vit-small", "vit-base"], DEFAULT_REPEATS, "encoder.json",
+                            batch_size=None, batch_help=f"one batch size for every preset (default: {DEFAULT_BATCH})")
     args = p.parse_args(argv)
     set_threads(args.threads)
     sizes = {name: args.batch_size for name in args.presets} if args.batch_size else None

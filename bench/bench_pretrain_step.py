@@ -22,7 +22,6 @@ sizes in every run. Contenders are alternated, median of the repeats after warm-
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS_DIR, cpu_ratio, machine_info, paired_ratio, ratio, set_threads,  # noqa: E402
+from common import (preset_bench_parser, cpu_ratio, machine_info, paired_ratio, ratio, set_threads,  # noqa: E402
                     time_alternating, write_json)
 
 from bootleg_hf import BootlegConfig, BootlegForPretraining  # noqa: E402
@@ -198,15 +197,9 @@ def run(presets: list[str], batch_size: int = 16, repeats: int | None = None, wa
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["vit-micro", "vit-small"])
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=None, help=f"timed rounds (default: {DEFAULT_REPEATS})")
-    p.add_argument("--warmup", type=int, default=1)
+    p = preset_bench_parser(__doc__, ["vit-micro", "vit-small"], DEFAULT_REPEATS, "pretrain_step.json")
     p.add_argument("--contenders", nargs="+", default=["bootleg", "mae", "ijepa"], choices=["bootleg", "mae", "ijepa"])
     p.add_argument("--logged-loss", action="store_true", help="real MSE instead of MSELossNoForward")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=str(RESULTS_DIR / "pretrain_step.json"))
     args = p.parse_args(argv)
     set_threads(args.threads)
     result = run(args.presets, args.batch_size, args.repeats, args.warmup, tuple(args.contenders),

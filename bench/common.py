@@ -7,6 +7,7 @@ its raw per-repeat times and their median. Ratios are ratios of medians from the
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import gc
 import json
@@ -158,3 +159,17 @@ def set_threads(threads: int | None) -> int:
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def preset_bench_parser(description: str | None, presets: list[str], default_repeats: dict[str, int], out_name: str,
+                        batch_size: int | None = 16, batch_help: str | None = None) -> argparse.ArgumentParser:
+    """The options the per-preset CPU benchmarks share (presets, batch size, timed and warm-up rounds, threads,
+    output JSON under `bench/results/`); each script adds its own."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=presets)
+    p.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
+    p.add_argument("--repeats", type=int, default=None, help=f"timed rounds (default: {default_repeats})")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--out", default=str(RESULTS_DIR / out_name))
+    return p

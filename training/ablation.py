@@ -248,13 +248,13 @@ def analyze_runs(runs: list[dict[str, Any]], runs_dir: Path, base_recipe: dict[s
     """Analyse every run's teacher (the random-init baseline: its seed's initial encoder) on the first `num_images`
     test images, reusing `<run>/analysis/analysis.json` when it was made with that many images; add
     `representation` (see `representation_summary`) to each run."""
+    config = pretrain.build_config(run_recipe_for(base_recipe, {}))  # the shared encoder shape
     pixel_values = None
     for r in runs:
         run_dir = runs_dir / f"{r['objective']}-s{r['seed']}"
         saved = run_dir / "analysis" / "analysis.json"
         result = json.loads(saved.read_text()) if saved.is_file() else None
         if result is None or result["num_images"] != num_images or not result["remove_position_mean"]:
-            config = pretrain.build_config(run_recipe_for(base_recipe, {}))
             if pixel_values is None:
                 pixel_values = analyze.load_pixel_values(dataset, num_images, tuple(config.image_hw), "test")
             if r["objective"] == RANDOM_INIT:
