@@ -1,4 +1,4 @@
-"""The Bootleg ViT encoder (SPEC §3): `BootlegModel`, `BootlegBackbone` and their building blocks.
+"""The Bootleg ViT encoder (docs/design.md §3): `BootlegModel`, `BootlegBackbone` and their building blocks.
 
 Token layout `[CLS, REG×R, patches]`; a fixed 2-D sin-cos position embedding (MAE layout) on patches only; pre-LN
 blocks; final LayerNorm. Parameter names follow timm's `VisionTransformer` under the HF prefix, so a timm model built
@@ -8,7 +8,8 @@ with `class_token=True, reg_tokens=R, no_embed_class=True` holding the same weig
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import wraps
 from typing import NamedTuple
 
 import torch
@@ -21,6 +22,8 @@ from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_bootleg import BootlegConfig
 from .targets import TargetTerm
@@ -135,8 +138,24 @@ class BootlegEmbeddings(nn.Module):
         return torch.cat([*prefix, x], dim=1) if prefix else x
 
 
+def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                            **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit attention, the `eager` entry of the attention interface: `query/key/value [B, H, N, d]` →
+    `(out [B, N, H, d], weights [B, H, N, N])`. An additive `attention_mask` broadcasts onto the scores; the softmax
+    runs in float32 (accurate under half precision) and is cast back to the query dtype."""
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = (query * scaling) @ key.transpose(-2, -1)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2), weights
+
+
 class BootlegAttention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection (timm layout); SDPA or eager."""
+    """Multi-head self-attention with a fused qkv projection (timm layout), computed by the kernel that
+    `config._attn_implementation` names in transformers' attention interface (SDPA by default)."""
 
     def __init__(self, config: BootlegConfig, hidden_size: int | None = None, num_heads: int | None = None):
         super().__init__()
@@ -150,18 +169,16 @@ class BootlegAttention(nn.Module):
         self.proj = nn.Linear(d, d)
 
     def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`x [B, N, D]` → `(projected [B, N, D], weights [B, H, N, N] or None)`."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        impl = self.config._attn_implementation or "sdpa"
-        weights = None
-        if output_attentions or impl == "eager":  # weights only exist on the explicit path
-            weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            out = (weights @ v).transpose(1, 2)
-        elif impl == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
-        else:  # flash / flex / registered kernels: the transformers attention interface, [B, N, H, d] out
-            out, _ = ALL_ATTENTION_FUNCTIONS[impl](self, q, k, v, None, dropout=0.0, scaling=self.scale)
-        return self.proj(out.reshape(b, n, d)), (weights if output_attentions else None)
+        # Requested weights always come from the eager kernel (SDPA and flash return none), under any backend.
+        attention: Callable = eager_attention_forward
+        if not output_attentions:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                              eager_attention_forward)
+        out, weights = attention(self, q, k, v, None, scaling=self.scale, dropout=0.0)
+        return self.proj(out.reshape(b, n, d)), weights
 
 
 class BootlegMlp(nn.Module):
@@ -246,6 +263,21 @@ class BootlegPreTrainedModel(PreTrainedModel):
             module.init_bootleg_weights(std)
 
 
+def output_flags_from_config(forward: Callable) -> Callable:
+    """Fill `output_hidden_states`, `output_attentions` and `return_dict` given as `None` (or not given) from the
+    config. `capture_outputs` reads these flags from the keyword arguments only and takes an explicit `None` for
+    "off", while callers such as the task heads pass their own unset (`None`) flags through."""
+
+    @wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        for name in ("output_hidden_states", "output_attentions", "return_dict"):
+            if kwargs.get(name) is None:
+                kwargs[name] = getattr(self.config, name)
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
 class BootlegModel(BootlegPreTrainedModel):
     """The Bootleg encoder.
 
@@ -257,6 +289,9 @@ class BootlegModel(BootlegPreTrainedModel):
 
     # a pretraining checkpoint holds the teacher under this prefix; its student and predictor are not ours
     _keys_to_ignore_on_load_unexpected = [r"^student\.", r"^predictor\."]
+    # `capture_outputs` hooks these classes inside this model only (not the predictor's or a head's blocks), once an
+    # output is first requested; it records a block's `BlockOutput[0]` (`out`) and the attention's `weights` (index 1).
+    _can_record_outputs = {"hidden_states": BootlegBlock, "attentions": BootlegAttention}
 
     def __init__(self, config: BootlegConfig):
         super().__init__(config)
@@ -272,35 +307,27 @@ class BootlegModel(BootlegPreTrainedModel):
         """`[B, T, D]` final-LN tokens → `[B, D]` (CLS, or mean of the patch tokens without a CLS token)."""
         return normed[:, 0] if self.config.use_cls_token else normed[:, self.config.num_prefix_tokens:].mean(1)
 
+    @output_flags_from_config
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor,
         context_indices: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
+        *,
+        output_attentions: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        """`pixel_values [B, C, H, W]` → `BaseModelOutputWithPooling` (a tuple with `return_dict=False`).
+
+        The keyword flags `output_hidden_states`, `output_attentions` and `return_dict` default to the config's; the
+        decorators collect the hidden states (block inputs/outputs) and attention weights and build the tuple.
+        """
         x = self.embeddings(pixel_values, context_indices, bool(interpolate_pos_encoding))
-        hidden_states, attentions = [x] if output_hidden_states else None, [] if output_attentions else None
         for block in self.blocks:
-            x, *_, weights = block(x, output_attentions)
-            if output_hidden_states:
-                hidden_states.append(x)
-            if output_attentions:
-                attentions.append(weights)
+            x = block(x, output_attentions).out
         normed = self.norm(x)
-        out = BaseModelOutputWithPooling(
-            last_hidden_state=normed,
-            pooler_output=self.pool(normed),
-            hidden_states=tuple(hidden_states) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None,
-        )
-        return out if return_dict else out.to_tuple()
+        return BaseModelOutputWithPooling(last_hidden_state=normed, pooler_output=self.pool(normed))
 
     def forward_representations(
         self,
@@ -347,35 +374,40 @@ class BootlegBackbone(BackboneMixin, BootlegModel):
         super().__init__(config)
         self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> BackboneOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        """`pixel_values [B, C, H, W]` (any size divisible by the patch) → `BackboneOutput` with `feature_maps`
+        `(B, D, h, w)` (`(B, h·w, D)` without `reshape_hidden_states`); flags default to the config's."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        stages = [i % len(self.stage_names) for i in self.out_indices]  # negative indices count from the last stage
         if output_hidden_states or output_attentions:
-            full = BootlegModel.forward(self, pixel_values, interpolate_pos_encoding=True,
-                                        output_hidden_states=True, output_attentions=output_attentions)
-            stages = [full.hidden_states[i] for i in self.out_indices]
-        else:
+            full = BootlegModel.forward(self, pixel_values, interpolate_pos_encoding=True, output_hidden_states=True,
+                                        output_attentions=output_attentions, return_dict=True)
+            features = [full.hidden_states[i] for i in stages]
+        else:  # only the requested blocks run and no other hidden state is kept
             full = None
-            stages = self.forward_representations(
-                pixel_values, [(i, "out") if i else (0, "embed") for i in self.out_indices], interpolate_pos_encoding=True)
+            features = self.forward_representations(
+                pixel_values, [(i, "out") if i else (0, "embed") for i in stages], interpolate_pos_encoding=True)
         grid_h, grid_w = (s // self.config.patch_size for s in pixel_values.shape[-2:])
         feature_maps = []
-        for h in stages:
+        for h in features:
             h = self.norm(h) if self.config.apply_layernorm else h
             h = h[:, self.config.num_prefix_tokens:]
             if self.config.reshape_hidden_states:
                 h = h.reshape(h.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
             feature_maps.append(h)
-        out = BackboneOutput(feature_maps=tuple(feature_maps),
-                             hidden_states=full.hidden_states if output_hidden_states else None,
-                             attentions=full.attentions if output_attentions else None)
-        return out if return_dict else out.to_tuple()
+        return BackboneOutput(feature_maps=tuple(feature_maps),
+                              hidden_states=full.hidden_states if output_hidden_states else None,
+                              attentions=full.attentions if output_attentions else None)
 
 
 __all__ = ["BootlegPreTrainedModel", "BootlegModel", "BootlegBackbone", "sincos_position_embedding"]
