@@ -32,7 +32,7 @@ demo: install data
 	$(PY) training/demo.py $(DEMO_ARGS)
 
 bench: install data
-	$(PY) bench/run_cpu.py
+	$(PY) -m bench.run_cpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache

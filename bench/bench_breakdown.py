@@ -1,28 +1,14 @@
-"""Where a Bootleg pretraining step spends its time (SPEC §10: targets + loss ≤ 3 %, EMA ≤ 1 % of the step).
+"""Where a Bootleg pretraining step spends its time (docs/design.md §10: targets + loss ≤ 3 %, EMA ≤ 1 % of the step).
 
-    python bench/bench_breakdown.py [--presets vit-micro vit-small] [--out bench/results/breakdown.json]
+    python -m bench.bench_breakdown [--presets vit-micro vit-small] [--out bench/results/breakdown.json]
 
-Part 1, phases. One training step on a fixed batch (batch 16, one mask batch from the config's `MaskGenerator`) is
-run phase by phase with a clock read between phases (on CPU every op is synchronous, so the boundaries are exact):
-
-  checks           input validation of `BootlegForPretraining.forward` (`check_indices`)
-  teacher_forward  `teacher_features`: the EMA teacher's fast path, no grad, all tokens
-  target_building  `build_targets`: gather at the target cells + per-token z-score + merge (+ the per-layer std
-                   that feeds the collapse monitor)
-  student_forward  the student encoder on the context tokens
-  predictor_forward
-  loss_forward     `mse_loss` (`MSELossNoForward` unless `--logged-loss`)
-  loss_backward    the loss's own backward (to the predictions; split off by back-propagating the predictions'
-                   gradient separately, which is the same chain rule autograd applies)
-  backward         predictor + student backward
-  optimizer        AdamW step (foreach, as `BootlegTrainer` builds it) + `zero_grad(set_to_none=True)`
-  ema              `update_teacher` (fused `_foreach_lerp_`)
-
-The phased step alternates with an uninstrumented step (`model(...)`, `backward`, AdamW, EMA) on the same inputs, so
-the sum of the phases can be checked against the real step; median per phase over the repeats; shares are of the sum
-of phase medians. Unless `--no-profile`, up to three more phased steps run under `torch.profiler` with a
-`record_function` label per phase, as an independent cross-check of the shares. The instrumented path is checked to
-give exactly the loss of `model(...)` before timing.
+Part 1, phases. `BootlegForPretraining.forward` labels its own phases for `torch.profiler` (`bootleg.checks`,
+`bootleg.teacher_forward`, `bootleg.target_building`, `bootleg.student_forward`, `bootleg.predictor_forward`,
+`bootleg.loss`); the training step adds `step.backward` (the loss's backward included), `step.optimizer` (AdamW
+as `BootlegTrainer` builds it + `zero_grad`) and `step.ema` (`update_teacher`). A few steps on a fixed batch run under
+the profiler; a phase's time is the CPU time of its range (on a GPU: the device time of the kernels launched in it),
+and shares are of the sum over the phases. The same step without the profiler is timed in alternation with the
+profiled one, to show the profiler's overhead.
 
 Part 2, EMA: `update_teacher` (one `_foreach_lerp_`) vs a per-parameter `mul_`/`add_` loop (I-JEPA's reference
 update) vs `_foreach_mul_` + `_foreach_add_`, on the preset's teacher/student.
@@ -33,166 +19,99 @@ Part 3, loss: forward + backward of `F.mse_loss` vs `MSELossNoForward` at the ta
 
 from __future__ import annotations
 
-import contextlib
-import statistics
-import sys
-import time
-from pathlib import Path
-
 import torch
+from torch.profiler import record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pretrain_step import make_adamw  # noqa: E402
-from common import (preset_bench_parser, machine_info, ratio, set_threads, stats, time_alternating,  # noqa: E402
-                    write_json)
+from bench.common import (
+    make_adamw,
+    machine_info,
+    preset_bench_parser,
+    ratio,
+    set_threads,
+    stats,
+    time_alternating,
+    write_json,
+)
+from bootleg_hf import BootlegConfig, BootlegForPretraining
+from bootleg_hf.losses import mse_loss
+from bootleg_hf.masking import MaskGenerator
 
-from bootleg_hf import BootlegConfig, BootlegForPretraining  # noqa: E402
-from bootleg_hf.losses import mse_loss  # noqa: E402
-from bootleg_hf.modeling_bootleg import check_indices  # noqa: E402
-from bootleg_hf.trainer import mask_generator_from_config  # noqa: E402
-
-PHASES = ("checks", "teacher_forward", "target_building", "student_forward", "predictor_forward", "loss_forward",
-          "loss_backward", "backward", "optimizer", "ema")
+MODEL_PHASES = ("bootleg.checks", "bootleg.teacher_forward", "bootleg.target_building", "bootleg.student_forward",
+                "bootleg.predictor_forward", "bootleg.loss")
+PHASES = MODEL_PHASES + ("step.backward", "step.optimizer", "step.ema")
 DEFAULT_REPEATS = {"vit-micro": 40, "vit-tiny": 5, "vit-small": 5, "vit-base": 3}
 DEFAULT_EMA_REPEATS = {"vit-micro": 50, "vit-small": 20, "vit-base": 10}
 
 
-class PhaseClock:
-    """Context-manager factory: `with clock("name"): …` adds the elapsed seconds to `clock.times[name]`."""
-
-    def __init__(self, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
-        self.times: dict[str, float] = {}
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        with torch.profiler.record_function(f"phase/{name}"):
-            self._sync()
-            t0 = time.perf_counter()
-            yield
-            self._sync()
-        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
-
-
-def phased_step(model: BootlegForPretraining, optimizer: torch.optim.Optimizer, pixel_values: torch.Tensor,
-                context_indices: torch.Tensor, target_indices: torch.Tensor, momentum: float, clock: PhaseClock,
-                compute_loss_value: bool = False, step: bool = True) -> torch.Tensor:
-    """`BootlegForPretraining.forward` + backward + AdamW + EMA, phase by phase (see the module docstring)."""
-    config = model.config
-    with clock("checks"):
-        b, n = pixel_values.shape[0], config.num_patches
-        context_indices = check_indices(context_indices, b, n, "context_indices").to(pixel_values.device)
-        check_indices(target_indices.flatten(1), b, n, "target_indices")
-        target_indices = target_indices.long().to(pixel_values.device)
-    with clock("teacher_forward"):
-        features = model.teacher_features(pixel_values)
-    with clock("target_building"):
-        targets, _ = model.build_targets(features, pixel_values, target_indices)
-    with clock("student_forward"):
-        encoded = model.student(pixel_values, context_indices=context_indices).last_hidden_state
-    with clock("predictor_forward"):
-        prefix = config.num_prefix_tokens
-        cls = encoded[:, :1] if config.use_cls_token else None
-        predictions = model.predictor(cls, encoded[:, prefix:], context_indices, target_indices).float()
-    with clock("loss_forward"):
-        leaf = predictions.detach().requires_grad_()
-        loss = mse_loss(leaf, targets, compute_loss_value)
-    if not step:
-        return loss.detach()
-    with clock("loss_backward"):
+def training_step(model: BootlegForPretraining, optimizer: torch.optim.Optimizer, pixel_values: torch.Tensor,
+                  context_indices: torch.Tensor, target_indices: torch.Tensor, momentum: float,
+                  compute_loss_value: bool = False) -> torch.Tensor:
+    """What `BootlegTrainer` does per optimizer step (without data loading), with the step's phases labelled."""
+    loss = model(pixel_values, context_indices, target_indices, compute_loss_value=compute_loss_value).loss
+    with record_function("step.backward"):
         loss.backward()
-    with clock("backward"):
-        predictions.backward(leaf.grad)
-    with clock("optimizer"):
+    with record_function("step.optimizer"):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    with clock("ema"):
+    with record_function("step.ema"):
         model.update_teacher(momentum)
     return loss.detach()
 
 
-def full_step(model, optimizer, pixel_values, context_indices, target_indices, momentum, compute_loss_value=False):
-    out = model(pixel_values, context_indices, target_indices, compute_loss_value=compute_loss_value)
-    out.loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    model.update_teacher(momentum)
-
-
-def profile_phases(fn, calls: int = 1) -> dict[str, float]:
-    """CPU time per `phase/*` label over `calls` calls of `fn` under `torch.profiler` (seconds, summed)."""
+def profile_phases(fn, calls: int = 1, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Seconds per call of every phase label in `PHASES` over `calls` calls of `fn` under `torch.profiler`: CPU time
+    of the range, or on a GPU the device time of the kernels it launched."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         for _ in range(calls):
             fn()
-    totals = {}
-    for evt in prof.key_averages():
-        if evt.key.startswith("phase/"):
-            totals[evt.key[len("phase/"):]] = evt.cpu_time_total / 1e6
-    return totals
+        if cuda:
+            torch.cuda.synchronize(device)
+    totals = {evt.key: (evt.device_time_total if cuda else evt.cpu_time_total) / 1e6 / calls
+              for evt in prof.key_averages() if evt.key in PHASES}
+    return {p: totals.get(p, 0.0) for p in PHASES}
 
 
 def breakdown(config: BootlegConfig, batch_size: int = 16, repeats: int = 5, warmup: int = 1, seed: int = 0,
-              logged_loss: bool = False, profile: bool = True) -> dict:
+              logged_loss: bool = False, device: str | torch.device = "cpu") -> dict:
+    """Phase shares of one training step on a fixed batch (see the module docstring)."""
     torch.manual_seed(seed)
-    model = BootlegForPretraining(config).train()
+    model = BootlegForPretraining(config).to(device).train()
     optimizer = make_adamw(model)
     momentum = config.ema_start
     h, w = config.image_hw
-    x = torch.randn(batch_size, config.num_channels, h, w)
-    masks = mask_generator_from_config(config).generate(batch_size, batch_index=0, seed=seed)
-    ctx, tgt = masks.context_indices, masks.target_indices
+    x = torch.randn(batch_size, config.num_channels, h, w, device=device)
+    masks = MaskGenerator.from_config(config).generate(batch_size, batch_index=0, seed=seed)
+    ctx, tgt = masks.context_indices.to(device), masks.target_indices.to(device)
 
-    # the phased path computes exactly what forward computes
-    with torch.no_grad():
-        ref = model(x, ctx, tgt).loss
-    mine = phased_step(model, optimizer, x, ctx, tgt, momentum, PhaseClock(), compute_loss_value=True, step=False)
-    if not torch.equal(ref, mine):
-        raise AssertionError(f"phased loss {mine.item()} != model loss {ref.item()}")
+    def step():
+        training_step(model, optimizer, x, ctx, tgt, momentum, logged_loss)
 
-    per_phase: dict[str, list[float]] = {p: [] for p in PHASES}
-    totals: list[float] = []
+    profiled = []
 
-    def phased():
-        clock = PhaseClock()
-        t0 = time.perf_counter()
-        phased_step(model, optimizer, x, ctx, tgt, momentum, clock, logged_loss)
-        totals.append(time.perf_counter() - t0)
-        for p in PHASES:
-            per_phase[p].append(clock.times[p])
+    def profiled_step():
+        profiled.append(profile_phases(step, 1, device))
 
-    def full():
-        full_step(model, optimizer, x, ctx, tgt, momentum, logged_loss)
-
-    timed = time_alternating({"full_step": full, "phased_step": phased}, repeats=repeats, warmup=warmup)
-    per_phase = {p: v[warmup:] for p, v in per_phase.items()}  # drop the warm-up calls
-    medians = {p: statistics.median(v) for p, v in per_phase.items()}
+    timed = time_alternating({"step": step, "profiled_step": profiled_step}, repeats=repeats, warmup=warmup,
+                             device=device)
+    phases = {p: stats([r[p] for r in profiled[warmup:]]) for p in PHASES}
+    medians = {p: phases[p]["median_s"] for p in PHASES}
     total = sum(medians.values())
     shares = {p: medians[p] / total for p in PHASES}
     result = {
-        "batch_size": batch_size, "repeats": repeats, "warmup": warmup,
+        "batch_size": batch_size, "repeats": repeats, "warmup": warmup, "device": str(device),
         "context_tokens": int(ctx.shape[1]), "target_shape": list(tgt.shape), "targets": str(config.target_spec),
         "loss": "mse (logged step)" if logged_loss else "MSELossNoForward (non-logged step)",
-        "phases": {p: stats(per_phase[p]) for p in PHASES},
-        "phase_medians_s": medians, "sum_of_phase_medians_s": total, "shares": shares,
-        "full_step": timed["full_step"], "phased_step_total": stats(totals[warmup:]),
-        "targets_plus_loss_share": shares["target_building"] + shares["loss_forward"] + shares["loss_backward"],
-        "teacher_share": shares["teacher_forward"], "ema_share": shares["ema"],
+        "phases": phases, "phase_medians_s": medians, "sum_of_phase_medians_s": total, "shares": shares,
+        "step": timed["step"], "profiled_step": timed["profiled_step"],
+        "targets_plus_loss_share": shares["bootleg.target_building"] + shares["bootleg.loss"],
+        "teacher_share": shares["bootleg.teacher_forward"], "ema_share": shares["step.ema"],
     }
     result["requirements"] = {"targets_plus_loss_le_3pct": result["targets_plus_loss_share"] <= 0.03,
                               "ema_le_1pct": result["ema_share"] <= 0.01}
-    if profile:
-        calls = max(1, min(3, repeats))
-        prof = profile_phases(lambda: phased_step(model, optimizer, x, ctx, tgt, momentum, PhaseClock(), logged_loss),
-                              calls)
-        prof_total = sum(prof.values())
-        result["profiler"] = {"steps": calls, "phase_cpu_time_s": prof,
-                              "shares": {p: v / prof_total for p, v in prof.items()}}
     return result
 
 
@@ -243,7 +162,7 @@ def target_shapes(batch_size: int = 16) -> dict[str, list[int]]:
     shapes = {}
     for name in ("vit-small", "vit-base"):
         config = BootlegConfig.from_preset(name)
-        gen = mask_generator_from_config(config)
+        gen = MaskGenerator.from_config(config)
         sizes = [gen.generate(batch_size, batch_index=i).target_indices.shape for i in range(64)]
         t = round(sum(s[2] for s in sizes) / len(sizes))
         dim = config.target_spec.target_dim(config.hidden_size, config.patch_size, config.num_channels)
@@ -252,23 +171,20 @@ def target_shapes(batch_size: int = 16) -> dict[str, list[int]]:
 
 
 def run(presets: list[str], batch_size: int = 16, repeats: int | None = None, warmup: int = 1,
-        config_overrides: dict | None = None, logged_loss: bool = False, profile: bool = True,
+        config_overrides: dict | None = None, logged_loss: bool = False,
         ema_repeats: int | None = None, loss_repeats: int = 30, loss_shapes: dict | None = None) -> dict:
     out: dict = {"benchmark": "step_breakdown", "machine": machine_info(), "results": {}, "ema": {}}
     for name in presets:
         config = BootlegConfig.from_preset(name, **(config_overrides or {}))
         config._attn_implementation = "sdpa"
-        r = breakdown(config, batch_size, repeats or DEFAULT_REPEATS.get(name, 3), warmup, logged_loss=logged_loss,
-                      profile=profile)
+        r = breakdown(config, batch_size, repeats or DEFAULT_REPEATS.get(name, 3), warmup, logged_loss=logged_loss)
         out["results"][name] = r
-        print(f"{name:10s} batch {batch_size}: step {r['sum_of_phase_medians_s']:.3f} s (uninstrumented "
-              f"{r['full_step']['median_s']:.3f} s); " +
+        print(f"{name:10s} batch {batch_size}: phases {r['sum_of_phase_medians_s']:.3f} s (step without profiler "
+              f"{r['step']['median_s']:.3f} s); " +
               ", ".join(f"{p} {s * 100:.1f}%" for p, s in r["shares"].items()),
               flush=True)
         print(f"{'':10s} targets+loss {r['targets_plus_loss_share'] * 100:.2f}%  EMA {r['ema_share'] * 100:.2f}%  "
-              f"teacher {r['teacher_share'] * 100:.1f}%" + (
-                  "  | profiler: " + ", ".join(f"{p} {s * 100:.1f}%" for p, s in r["profiler"]["shares"].items())
-                  if "profiler" in r else ""), flush=True)
+              f"teacher {r['teacher_share'] * 100:.1f}%", flush=True)
         e = ema_comparison(config, ema_repeats or DEFAULT_EMA_REPEATS.get(name, 10))
         out["ema"][name] = e
         print(f"{'':10s} EMA ({e['tensors']} tensors, {e['parameters'] / 1e6:.1f} M): " + ", ".join(
@@ -286,11 +202,9 @@ def run(presets: list[str], batch_size: int = 16, repeats: int | None = None, wa
 def main(argv: list[str] | None = None) -> dict:
     p = preset_bench_parser(__doc__, ["vit-micro", "vit-small"], DEFAULT_REPEATS, "breakdown.json")
     p.add_argument("--logged-loss", action="store_true", help="real MSE instead of MSELossNoForward")
-    p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler cross-check")
     args = p.parse_args(argv)
     set_threads(args.threads)
-    result = run(args.presets, args.batch_size, args.repeats, args.warmup, logged_loss=args.logged_loss,
-                 profile=not args.no_profile)
+    result = run(args.presets, args.batch_size, args.repeats, args.warmup, logged_loss=args.logged_loss)
     write_json(result, args.out)
     return result
 

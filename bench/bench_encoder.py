@@ -1,6 +1,6 @@
-"""Encoder inference speed: `BootlegModel` vs timm `VisionTransformer` vs `transformers.ViTModel` (SPEC §10).
+"""Encoder inference speed: `BootlegModel` vs timm `VisionTransformer` vs `transformers.ViTModel` (docs/design.md §10).
 
-    python bench/bench_encoder.py [--presets vit-micro vit-small vit-base] [--out bench/results/encoder.json]
+    python -m bench.bench_encoder [--presets vit-micro vit-small vit-base] [--out bench/results/encoder.json]
 
 Per preset, the three encoders get the same shape (width, depth, heads, MLP ratio 4, qkv bias, LN eps 1e-6,
 patch 16 at 224 px or the preset's own geometry) and the same input batch:
@@ -22,16 +22,13 @@ times (robust to other processes taking the cores). < 1 means ours is faster.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (preset_bench_parser, cpu_ratio, machine_info, paired_ratio, ratio, set_threads,  # noqa: E402
+from bench.common import (preset_bench_parser, cpu_ratio, machine_info, paired_ratio, ratio, set_threads,
                     time_alternating, write_json)
 
-from bootleg_hf import BootlegConfig, BootlegModel, bootleg_to_timm  # noqa: E402
+from bootleg_hf import BootlegConfig, BootlegModel, bootleg_to_timm
 
 DEFAULT_BATCH = {"vit-micro": 16, "vit-tiny": 16, "vit-small": 16, "vit-base": 4, "vit-large": 2}
 DEFAULT_REPEATS = {"vit-micro": 20, "vit-tiny": 7, "vit-small": 9, "vit-base": 9, "vit-large": 3}

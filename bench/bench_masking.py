@@ -1,6 +1,6 @@
-"""Mask-generation and collator throughput benchmark (SPEC §10: 256 × 14×14 in ≤ 5 ms on one core).
+"""Mask-generation and collator throughput benchmark (docs/design.md §10: 256 × 14×14 in ≤ 5 ms on one core).
 
-    python bench/bench_masking.py [--out bench/results/masking.json]
+    python -m bench.bench_masking [--out bench/results/masking.json]
 
 Part 1 times ``MaskGenerator.generate`` per mode on one thread (median over repeats after warm-up).
 Part 2 measures data-loading throughput (images/s) of a ``DataLoader`` with ``BootlegDataCollator`` on a
@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `bench/` itself, for `common`
-from common import machine_info, write_json  # noqa: E402  (also puts the repo root on sys.path)
+from bench.common import machine_info, write_json
 
-from bootleg_hf.masking import MODES, BootlegDataCollator, MaskGenerator  # noqa: E402
+from bootleg_hf.masking import MODES, BootlegDataCollator, MaskGenerator
 
 
 class SyntheticImages(Dataset):

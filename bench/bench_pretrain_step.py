@@ -1,13 +1,13 @@
-"""One full pretraining step: Bootleg vs `transformers.ViTMAEForPreTraining` vs Bootleg-as-I-JEPA (SPEC §10).
+"""One full pretraining step: Bootleg vs `transformers.ViTMAEForPreTraining` vs Bootleg-as-I-JEPA (docs/design.md §10).
 
-    python bench/bench_pretrain_step.py [--presets vit-micro vit-small] [--out bench/results/pretrain_step.json]
+    python -m bench.bench_pretrain_step [--presets vit-micro vit-small] [--out bench/results/pretrain_step.json]
 
 A step is what `BootlegTrainer` does per optimizer step, without data loading: forward, backward, AdamW
 (foreach, β = (0.9, 0.95), weight decay on matrices only), `zero_grad(set_to_none=True)` and, for the Bootleg
 contenders, the EMA teacher update (`update_teacher`, fused `_foreach_lerp_`). Contenders per preset:
 
 * `bootleg`: `BootlegForPretraining` of the preset (targets `1:4:12` for ViT-S), masks from the config's
-  `MaskGenerator` (`bootleg` mode, SPEC §5). The loss runs as on a non-logging Trainer step
+  `MaskGenerator` (`bootleg` mode, docs/design.md §5). The loss runs as on a non-logging Trainer step
   (`compute_loss_value=False`, i.e. `MSELossNoForward`); `--logged-loss` uses the real MSE instead.
 * `mae`: `ViTMAEForPreTraining` with the same encoder (width, depth, heads, MLP 4×, qkv bias, LN eps 1e-6) and a
   decoder of the *same width, depth and heads as Bootleg's predictor* (ViT-S: 192 wide, 10 blocks, 16 heads, MLP
@@ -22,38 +22,20 @@ sizes in every run. Contenders are alternated, median of the repeats after warm-
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (preset_bench_parser, cpu_ratio, machine_info, paired_ratio, ratio, set_threads,  # noqa: E402
+from bench.common import (make_adamw, preset_bench_parser, cpu_ratio, machine_info, paired_ratio, ratio, set_threads,
                     time_alternating, write_json)
 
-from bootleg_hf import BootlegConfig, BootlegForPretraining  # noqa: E402
-from bootleg_hf.trainer import mask_generator_from_config  # noqa: E402
+from bootleg_hf import BootlegConfig, BootlegForPretraining
+from bootleg_hf.masking import MaskGenerator
 
 DEFAULT_REPEATS = {"vit-micro": 20, "vit-tiny": 5, "vit-small": 5, "vit-base": 3}
 IJEPA_OVERRIDES = dict(targets="final", mask_mode="ijepa", predictor_num_hidden_layers=6, ema_start=0.996,
                        ema_end=1.0)
-
-
-def make_adamw(model: torch.nn.Module, lr: float = 1e-4, weight_decay: float = 0.05) -> torch.optim.AdamW:
-    """AdamW as `BootlegTrainer.create_optimizer` builds it on CPU: foreach, β = (0.9, 0.95), no decay on biases,
-    norms and tokens, frozen parameters (the teacher) left out."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_token = name.endswith(("cls_token", "reg_token", "mask_token"))
-        (no_decay if p.ndim <= 1 or is_token else decay).append(p)
-    fused = all(p.is_cuda for p in decay + no_decay)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95),
-                             fused=fused or None, foreach=None if fused else True)
 
 
 def mae_config(config: BootlegConfig, mask_ratio: float = 0.75):
@@ -89,7 +71,7 @@ class BootlegStep:
         self.optimizer = make_adamw(self.model)
         self.momentum = config.ema_start
         self.logged_loss = logged_loss
-        gen = mask_generator_from_config(config)
+        gen = MaskGenerator.from_config(config)
         h, w = config.image_hw
         self.pixel_values = torch.randn(batch_size, config.num_channels, h, w, device=device)
         self.masks = [gen.generate(batch_size, batch_index=i, seed=seed) for i in range(num_batches)]

@@ -1,6 +1,7 @@
-"""Shared helpers of the `bench/` scripts: machine description, alternating timing, statistics, JSON output.
+"""Shared helpers of the `bench/` scripts (run from the repository root as `python -m bench.<script>`): machine
+description, alternating timing, statistics, the training optimizer, JSON output.
 
-Timing protocol (SPEC §10: ratios are measured in one run): every contender is warmed up, then the contenders
+Timing protocol (docs/design.md §10: ratios are measured in one run): every contender is warmed up, then the contenders
 are run in turn (A B C A B C …) so slow drifts of a shared, noisy machine hit all of them alike; each reports
 its raw per-repeat times and their median. Ratios are ratios of medians from the same run.
 """
@@ -14,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
+from bootleg_hf.optim import adamw, param_groups
 
-RESULTS_DIR = ROOT / "bench" / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def cpu_model() -> str:
@@ -152,6 +150,12 @@ def write_json(result: dict[str, Any], out: str | Path) -> Path:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return out
+
+
+def make_adamw(model: torch.nn.Module, lr: float = 1e-4, weight_decay: float = 0.05) -> torch.optim.AdamW:
+    """AdamW as `BootlegTrainer.create_optimizer` builds it: the package's parameter groups (no decay on biases,
+    norms and tokens; frozen parameters such as the teacher left out), β = (0.9, 0.95), foreach (fused on a GPU)."""
+    return adamw(param_groups(model, weight_decay), lr, betas=(0.9, 0.95))
 
 
 def set_threads(threads: int | None) -> int:

@@ -1,7 +1,7 @@
 """GPU benchmark: ViT-B/16 Bootleg pretraining step in bf16 (SDPA, optional `torch.compile`), MFU, memory, inference.
 
-    python bench/gpu.py                          # lent GPU: ViT-B/16, batch 256, eager (+ --compile blocks|model)
-    python bench/gpu.py --device cpu --tiny      # a seconds-long dry run of every code path on the CPU
+    python -m bench.gpu                          # lent GPU: ViT-B/16, batch 256, eager (+ --compile blocks|model)
+    python -m bench.gpu --device cpu --tiny      # a seconds-long dry run of every code path on the CPU
 
 One prepared script for a machine with a GPU (nothing here is part of `make bench`). It measures, on synthetic
 data already on the device (model-only throughput; data loading is measured separately by `bench_masking.py`):
@@ -11,8 +11,9 @@ data already on the device (model-only throughput; data loading is measured sepa
    peak memory. `--compile blocks` compiles every transformer block (teacher, student, predictor) with
    `dynamic=True` (context and target lengths change from batch to batch); `--compile model` compiles the whole
    `BootlegForPretraining`. The eager step always runs first, as the baseline.
-2. **Phase breakdown** of the eager step (teacher, targets, student, predictor, loss, backward, optimizer, EMA), with
-   a device synchronisation at every phase boundary (`bench_breakdown.phased_step`).
+2. **Phase breakdown** of the eager step (teacher, targets, student, predictor, loss, backward, optimizer, EMA): the
+   device time of each phase's kernels, from the labels the model's forward and the training step carry
+   (`bench_breakdown.profile_phases`).
 3. **Inference** images/s of `BootlegModel` vs timm's `VisionTransformer` of the same shape (same weights), bf16.
 
 MFU (notes §5, PaLM convention) = images/s × model FLOPs per image / peak. Model FLOPs count matmuls and attention
@@ -26,19 +27,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_breakdown import PHASES, PhaseClock, phased_step  # noqa: E402
-from bench_pretrain_step import make_adamw  # noqa: E402
-from common import RESULTS_DIR, machine_info, set_threads, stats, write_json  # noqa: E402
+from bench.bench_breakdown import profile_phases, training_step
+from bench.common import RESULTS_DIR, machine_info, make_adamw, set_threads, stats, write_json
 
-from bootleg_hf import BootlegConfig, BootlegForPretraining  # noqa: E402
-from bootleg_hf.trainer import mask_generator_from_config  # noqa: E402
+from bootleg_hf import BootlegConfig, BootlegForPretraining
+from bootleg_hf.masking import MaskGenerator
 
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
             predictor_hidden_size=32, predictor_num_hidden_layers=1, predictor_num_attention_heads=4, targets="1:1:2")
@@ -136,7 +133,7 @@ def train_throughput(config: BootlegConfig, device: torch.device, batch_size: in
     model = BootlegForPretraining(config).to(device).train()
     optimizer = make_adamw(model)
     runner = compile_model(model, compile_mode) if compile_mode else model
-    gen = mask_generator_from_config(config)
+    gen = MaskGenerator.from_config(config)
     masks = [gen.generate(batch_size, batch_index=i, seed=seed) for i in range(min(16, warmup + steps))]
     masks = [(m.context_indices.to(device), m.target_indices.to(device)) for m in masks]
     h, w = config.image_hw
@@ -180,33 +177,32 @@ def train_throughput(config: BootlegConfig, device: torch.device, batch_size: in
 
 def train_breakdown(config: BootlegConfig, device: torch.device, batch_size: int, repeats: int, bf16: bool = True,
                     seed: int = 0) -> dict:
+    """Phase shares of the eager step under bf16 autocast from the model's profiler labels (device time of each
+    phase's kernels on a GPU): `bench_breakdown.profile_phases`."""
     torch.manual_seed(seed)
     model = BootlegForPretraining(config).to(device).train()
     optimizer = make_adamw(model)
-    m = mask_generator_from_config(config).generate(batch_size, seed=seed)
+    m = MaskGenerator.from_config(config).generate(batch_size, seed=seed)
     ctx, tgt = m.context_indices.to(device), m.target_indices.to(device)
     h, w = config.image_hw
     x = torch.randn(batch_size, config.num_channels, h, w, device=device)
-    per_phase: dict[str, list[float]] = {p: [] for p in PHASES}
-    for i in range(repeats + 1):
-        clock = PhaseClock(device)
+
+    def step():
         with autocast(device, bf16):
-            phased_step(model, optimizer, x, ctx, tgt, config.ema_start, clock)
-        if i:  # the first call warms up
-            for p in PHASES:
-                per_phase[p].append(clock.times[p])
-    medians = {p: statistics.median(v) for p, v in per_phase.items()}
-    total = sum(medians.values())
-    shares = {p: v / total for p, v in medians.items()}
-    return {"repeats": repeats, "phase_medians_s": medians, "sum_s": total, "shares": shares,
-            "targets_plus_loss_share": shares["target_building"] + shares["loss_forward"] + shares["loss_backward"],
-            "ema_share": shares["ema"], "teacher_share": shares["teacher_forward"]}
+            training_step(model, optimizer, x, ctx, tgt, config.ema_start)
+
+    step()  # warm-up
+    per_phase = profile_phases(step, repeats, device)
+    total = sum(per_phase.values())
+    shares = {p: v / total for p, v in per_phase.items()}
+    return {"repeats": repeats, "phase_mean_s": per_phase, "sum_s": total, "shares": shares,
+            "targets_plus_loss_share": shares["bootleg.target_building"] + shares["bootleg.loss"],
+            "ema_share": shares["step.ema"], "teacher_share": shares["bootleg.teacher_forward"]}
 
 
 def inference_throughput(config: BootlegConfig, device: torch.device, batch_size: int, iters: int, warmup: int,
                          compile_mode: str | None, peak_tflops: float, bf16: bool = True) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_encoder import build_contenders
+    from bench.bench_encoder import build_contenders
 
     models = {k: v.to(device) for k, v in build_contenders(config, with_hf=False).items()}
     if compile_mode:

@@ -1,8 +1,8 @@
 """Run the CPU benchmark set and write `bench/results/*.json` + `bench/results/SUMMARY.md` (`make bench`).
 
-    python bench/run_cpu.py                  # everything, ~6–10 minutes on 2 cores
-    python bench/run_cpu.py --only encoder   # one part (masking, encoder, pretrain_step, breakdown)
-    python bench/run_cpu.py --summary-only   # rebuild SUMMARY.md from the JSON files already there
+    python -m bench.run_cpu                  # everything, ~6–10 minutes on 2 cores
+    python -m bench.run_cpu --only encoder   # one part (masking, encoder, pretrain_step, breakdown)
+    python -m bench.run_cpu --summary-only   # rebuild SUMMARY.md from the JSON files already there
 
 Torch runs with `--threads` intra-op threads (default 1). On a shared machine whose other processes keep the cores
 busy, two OpenMP threads that must meet at every op's barrier can be slowed down 10–30× by one preempted thread;
@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, load_average, machine_info, set_threads, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, load_average, machine_info, set_threads, write_json
 
 PARTS = ("masking", "encoder", "pretrain_step", "breakdown")
 
@@ -26,20 +24,20 @@ PARTS = ("masking", "encoder", "pretrain_step", "breakdown")
 def run_part(part: str, out_dir: Path, quick: bool) -> dict:
     out = out_dir / f"{part}.json"
     if part == "masking":
-        import bench_masking
+        from bench import bench_masking
 
         return bench_masking.main(["--out", str(out)] + (["--loader-batches", "4"] if quick else []))
     if part == "encoder":
-        import bench_encoder
+        from bench import bench_encoder
 
         presets = ["vit-micro", "vit-small"] if quick else ["vit-micro", "vit-small", "vit-base"]
         result = bench_encoder.run(presets, repeats=3 if quick else None)
     elif part == "pretrain_step":
-        import bench_pretrain_step
+        from bench import bench_pretrain_step
 
         result = bench_pretrain_step.run(["vit-micro", "vit-small"], repeats=2 if quick else None)
     elif part == "breakdown":
-        import bench_breakdown
+        from bench import bench_breakdown
 
         result = bench_breakdown.run(["vit-micro", "vit-small"], repeats=2 if quick else None)
     else:
@@ -130,26 +128,26 @@ def summarize_pretrain(r: dict) -> list[str]:
 
 def summarize_breakdown(r: dict) -> list[str]:
     lines = ["## Step breakdown (Bootleg)", "", f"Machine: {_machine_line(r['machine'])}.", "",
-             "Each phase of one training step timed separately on the same batch (clock read between phases); "
-             "median per phase; shares of the sum of the phase medians. `profiler` = the same phases as "
-             "`record_function` ranges of up to three more steps under `torch.profiler` (independent cross-check; "
-             "profiler overhead included).", ""]
+             "The phases `BootlegForPretraining.forward` labels for `torch.profiler` (`bootleg.*`) and those of the "
+             "training step (`step.*`: backward with the loss's backward, AdamW + zero_grad, EMA), one profiled step "
+             "at a time on the same batch; CPU time of each range, median over the repeats; shares of the sum of the "
+             "phase medians. The last rows compare the step with and without the profiler (alternated).", ""]
     names = list(r["results"])
-    header = "| phase | " + " | ".join(f"{n} ms | {n} share | {n} profiler share" for n in names) + " |"
-    lines += [header, "|---|" + "---|---|---|" * len(names)]
+    header = "| phase | " + " | ".join(f"{n} ms | {n} share" for n in names) + " |"
+    lines += [header, "|---|" + "---|---|" * len(names)]
     phases = list(next(iter(r["results"].values()))["shares"])
     for p in phases:
         row = f"| {p} |"
         for n in names:
             x = r["results"][n]
-            prof = x.get("profiler", {}).get("shares", {}).get(p)
-            row += (f" {x['phase_medians_s'][p] * 1e3:,.2f} | {_pct(x['shares'][p])} | "
-                    f"{_pct(prof) if prof is not None else '–'} |")
+            row += f" {x['phase_medians_s'][p] * 1e3:,.2f} | {_pct(x['shares'][p])} |"
         lines.append(row)
     lines.append("| **sum of phases** |" + "".join(
-        f" {r['results'][n]['sum_of_phase_medians_s'] * 1e3:,.1f} | | |" for n in names))
-    lines.append("| uninstrumented step |" + "".join(
-        f" {r['results'][n]['full_step']['median_s'] * 1e3:,.1f} | | |" for n in names))
+        f" {r['results'][n]['sum_of_phase_medians_s'] * 1e3:,.1f} | |" for n in names))
+    lines.append("| profiled step |" + "".join(
+        f" {r['results'][n]['profiled_step']['median_s'] * 1e3:,.1f} | |" for n in names))
+    lines.append("| step without profiler |" + "".join(
+        f" {r['results'][n]['step']['median_s'] * 1e3:,.1f} | |" for n in names))
     lines.append("")
     for n in names:
         x = r["results"][n]
@@ -184,7 +182,8 @@ def summarize_masking(r: dict) -> list[str]:
     cfg = r["config"]
     lines = ["## Mask generation and loading", "", f"Machine: {_machine_line(r['machine'])}.", "",
              f"`MaskGenerator.generate` for a {cfg['batch_size']} × {cfg['grid'][0]}×{cfg['grid'][1]} batch on one "
-             "thread (SPEC §10 budget: 5 ms):", "", "| mode | median ms | p10 ms | p90 ms |", "|---|---|---|---|"]
+             "thread (docs/design.md §10 budget: 5 ms):", "", "| mode | median ms | p10 ms | p90 ms |",
+             "|---|---|---|---|"]
     for mode, g in r["generate"].items():
         lines.append(f"| {mode} | {g['median_ms']:.3f} | {g['p10_ms']:.3f} | {g['p90_ms']:.3f} |")
     ld = r.get("loading")
@@ -215,7 +214,7 @@ def summarize_library_ab(r: dict) -> list[str]:
 
 
 def headlines(results_dir: Path) -> list[str]:
-    """The numbers SPEC §10 asks for, in a few bullets (from whichever result files exist)."""
+    """The numbers docs/design.md §10 asks for, in a few bullets (from whichever result files exist)."""
     out = []
 
     def load(name: str) -> dict | None:

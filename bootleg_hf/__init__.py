@@ -1,29 +1,29 @@
 """bootleg-hf: Bootleg (hidden-layer self-distillation for ViTs) as native Hugging Face `transformers` models.
 
-Importing the package registers every Bootleg class with the `transformers` Auto classes (no network access).
+Importing the package registers every Bootleg class with the `transformers` Auto classes (no network access). Only
+the inference classes are imported then; pretraining (`BootlegTrainer`, which needs the Trainer and `datasets`),
+masking, conversion and the evaluation tools load on first use.
 """
 
-from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from transformers import (
     AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
     BeitImageProcessor,
     BeitImageProcessorPil,
 )
 
 from .configuration_bootleg import PRESETS, BootlegConfig
-from .losses import MSELossNoForward, mse_loss
-from .masking import BootlegDataCollator, MaskBatch, MaskGenerator
-from .modeling_bootleg_pretraining import BootlegForPretraining, BootlegPredictor, BootlegPretrainingOutput
-from .trainer import BootlegTrainer, BootlegTrainingArguments, NonFiniteLossError, mask_generator_from_config
-from .conversion import bootleg_to_timm, config_from_timm, timm_to_bootleg
-from .image_processing_bootleg import make_image_processor
 from .modeling_bootleg import BootlegBackbone, BootlegModel, BootlegPreTrainedModel, sincos_position_embedding
-from .targets import TargetSpec, TargetTerm
 from .modeling_bootleg_heads import BootlegForImageClassification, BootlegForSemanticSegmentation
-from .probes import ProbeSweep, build_probe
 
 __version__ = "0.1.0"
 
@@ -35,11 +35,38 @@ AutoModelForSemanticSegmentation.register(BootlegConfig, BootlegForSemanticSegme
 AutoImageProcessor.register(BootlegConfig, image_processor_classes={"pil": BeitImageProcessorPil,
                                                                     "torchvision": BeitImageProcessor}, exist_ok=True)
 
-__all__ = [
-    "PRESETS", "BootlegConfig", "BootlegModel", "BootlegPreTrainedModel", "BootlegBackbone", "TargetSpec",
-    "TargetTerm", "make_image_processor", "sincos_position_embedding", "timm_to_bootleg", "bootleg_to_timm",
-    "config_from_timm", "MaskGenerator", "MaskBatch", "BootlegDataCollator", "BootlegForPretraining", "BootlegPredictor",
-    "BootlegPretrainingOutput", "MSELossNoForward", "mse_loss", "BootlegTrainer", "BootlegTrainingArguments",
-    "NonFiniteLossError", "mask_generator_from_config",
-]
-__all__ += ["BootlegForImageClassification", "BootlegForSemanticSegmentation", "ProbeSweep", "build_probe"]
+# public name → the module that defines it, imported on first access
+_LAZY = {
+    "TargetSpec": "targets", "TargetTerm": "targets",
+    "MaskGenerator": "masking", "MaskBatch": "masking", "BootlegDataCollator": "masking",
+    "BootlegForPretraining": "modeling_bootleg_pretraining", "BootlegPredictor": "modeling_bootleg_pretraining",
+    "BootlegPretrainingOutput": "modeling_bootleg_pretraining",
+    "MSELossNoForward": "losses", "mse_loss": "losses",
+    "BootlegTrainer": "trainer", "BootlegTrainingArguments": "trainer", "NonFiniteLossError": "trainer",
+    "bootleg_to_timm": "conversion", "config_from_timm": "conversion", "timm_to_bootleg": "conversion",
+    "make_image_processor": "image_processing_bootleg",
+    "load_encoder": "checkpoints", "save_model_folder": "checkpoints", "export_pretrained": "checkpoints",
+    "build_probe": "modeling_bootleg_heads", "ProbeSweep": "evaluation.classification",
+}
+_SUBMODULES = {"checkpoints", "cli", "configuration_bootleg", "conversion", "data", "demo", "evaluation",
+               "image_processing_bootleg", "losses", "mask_statistics", "masking", "modeling_bootleg",
+               "modeling_bootleg_heads", "modeling_bootleg_pretraining", "optim", "pretraining", "publishing",
+               "recipes", "reports", "targets", "trainer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
+
+
+__all__ = ["PRESETS", "BootlegConfig", "BootlegModel", "BootlegPreTrainedModel", "BootlegBackbone",
+           "sincos_position_embedding", "BootlegForImageClassification", "BootlegForSemanticSegmentation", *_LAZY]

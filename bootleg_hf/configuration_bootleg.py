@@ -4,29 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import PretrainedConfig
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
 from .targets import TargetSpec
 
-# name → (hidden_size, depth, heads, predictor depth, predictor width, predictor heads, targets)
+# name → encoder and predictor shape; targets follow `default_targets` of the depth (1:4:12, 1:4:24, 1:2:6).
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU-sized: 32 px images, patch 4 → an 8×8 grid; targets every 2nd block of 6 (the 1:4:12 analogue).
+    # CPU-sized: 32 px images, patch 4 → an 8×8 grid.
     "vit-micro": dict(hidden_size=96, num_hidden_layers=6, num_attention_heads=3, image_size=32, patch_size=4,
-                      predictor_hidden_size=48, predictor_num_hidden_layers=3, predictor_num_attention_heads=4,
-                      targets="1:2:6"),
+                      predictor_hidden_size=48, predictor_num_hidden_layers=3, predictor_num_attention_heads=4),
     "vit-tiny": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, predictor_hidden_size=96,
-                     predictor_num_hidden_layers=10, predictor_num_attention_heads=8, targets="1:4:12"),
+                     predictor_num_hidden_layers=10, predictor_num_attention_heads=8),
     "vit-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, predictor_hidden_size=192,
-                      predictor_num_hidden_layers=10, predictor_num_attention_heads=16, targets="1:4:12"),
+                      predictor_num_hidden_layers=10, predictor_num_attention_heads=16),
     "vit-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, predictor_hidden_size=384,
-                     predictor_num_hidden_layers=10, predictor_num_attention_heads=16, targets="1:4:12"),
+                     predictor_num_hidden_layers=10, predictor_num_attention_heads=16),
     "vit-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, predictor_hidden_size=512,
-                      predictor_num_hidden_layers=10, predictor_num_attention_heads=16, targets="1:4:24"),
+                      predictor_num_hidden_layers=10, predictor_num_attention_heads=16),
 }
 PROBE_TYPES = ("patch", "cls", "xattn", "xblk")
 SEGMENTATION_HEADS = ("lin", "blk")
-MASK_MODES = ("bootleg", "ijepa", "random")
+MASK_MODES = ("bootleg", "ijepa", "random")  # validated in full by `MaskGenerator` (bootleg_hf/masking.py)
+
+
+def default_targets(depth: int) -> str:
+    """Bootleg's target blocks for an encoder of `depth` blocks: block 1 and every s-th block, s = min(4, depth // 3)
+    (at least 1), so `1:4:12` = {1, 4, 8, 12} for ViT-S/B, `1:4:24` for ViT-L and `1:2:6` = {1, 2, 4, 6} for 6 blocks:
+    about four target layers spread over the depth."""
+    return f"1:{min(4, max(1, depth // 3))}:{depth}"
 
 
 def to_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -38,20 +45,24 @@ def to_pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-class BootlegConfig(BackboneConfigMixin, PretrainedConfig):
+@strict
+class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of a Bootleg ViT (encoder, predictor, targets, masking, EMA, probe heads).
 
     Field names follow the Hugging Face ViT family. Defaults are the paper's ViT-B/16. Use
-    `BootlegConfig.from_preset("vit-small")` for the other sizes.
+    `BootlegConfig.from_preset("vit-small")` for the other sizes. A strict dataclass (transformers v5): a value of the
+    wrong type raises at construction or assignment, an impossible combination of values a `ValueError`
+    (`check_values`).
 
     Args:
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: encoder width, depth, heads and MLP
             width (`intermediate_size` defaults to `mlp_ratio · hidden_size`).
         image_size, patch_size, num_channels: input geometry; the patch grid is `image_size / patch_size`.
         num_register_tokens: register tokens after CLS (no position embedding). use_cls_token: prepend a CLS token.
-        predictor_*: width, depth, heads and register tokens of the narrow ViT predictor (SPEC §4.1).
-        targets, target_merge: teacher targets in the `TargetSpec` grammar (SPEC §4.2); default `1:4:<depth>`.
-        mask_*: masking (SPEC §5). ema_start, ema_end: teacher momentum schedule endpoints (SPEC §4.4).
+        predictor_*: width, depth, heads and register tokens of the narrow ViT predictor (docs/design.md §4.1).
+        targets, target_merge: teacher targets in the `TargetSpec` grammar; default `default_targets(depth)`.
+        mask_*: masking (docs/design.md §5). ema_start, ema_end: teacher momentum schedule endpoints
+            (docs/design.md §4.4).
         probe_type, segmentation_head: head types of `BootlegForImageClassification` / `…ForSemanticSegmentation`.
         out_features, out_indices, apply_layernorm, reshape_hidden_states: `BootlegBackbone` outputs
             (`stage_names = ["stem", "stage1", …]`, index k = output of block k).
@@ -59,85 +70,57 @@ class BootlegConfig(BackboneConfigMixin, PretrainedConfig):
 
     model_type = "bootleg"
 
-    def __init__(
-        self,
-        hidden_size: int = 768,
-        num_hidden_layers: int = 12,
-        num_attention_heads: int = 12,
-        intermediate_size: int | None = None,
-        mlp_ratio: float = 4.0,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-6,
-        qkv_bias: bool = True,
-        initializer_range: float = 0.02,
-        image_size: int | list[int] = 224,
-        patch_size: int = 16,
-        num_channels: int = 3,
-        num_register_tokens: int = 4,
-        use_cls_token: bool = True,
-        predictor_hidden_size: int = 384,
-        predictor_num_hidden_layers: int = 10,
-        predictor_num_attention_heads: int = 16,
-        predictor_num_register_tokens: int = 4,
-        targets: str | None = None,
-        target_merge: str = "concat",
-        mask_mode: str = "bootleg",
-        mask_num_targets: int = 4,
-        mask_target_scale: list[float] | None = None,
-        mask_target_aspect: list[float] | None = None,
-        mask_context_scale: list[float] = (0.85, 1.0),
-        mask_min_context: int = 10,
-        mask_ratio: float = 0.75,
-        ema_start: float = 0.9985,
-        ema_end: float = 0.9985,
-        probe_type: str = "xblk",
-        segmentation_head: str = "lin",
-        semantic_loss_ignore_index: int = 255,
-        out_features: list[str] | None = None,
-        out_indices: list[int] | None = None,
-        apply_layernorm: bool = True,
-        reshape_hidden_states: bool = True,
-        **kwargs: Any,
-    ):
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.mlp_ratio = mlp_ratio
-        self.intermediate_size = intermediate_size if intermediate_size is not None else int(hidden_size * mlp_ratio)
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.qkv_bias = qkv_bias
-        self.initializer_range = initializer_range
-        self.image_size = list(image_size) if isinstance(image_size, (list, tuple)) else image_size
-        self.patch_size = patch_size
-        self.num_channels = num_channels
-        self.num_register_tokens = num_register_tokens
-        self.use_cls_token = use_cls_token
-        self.predictor_hidden_size = predictor_hidden_size
-        self.predictor_num_hidden_layers = predictor_num_hidden_layers
-        self.predictor_num_attention_heads = predictor_num_attention_heads
-        self.predictor_num_register_tokens = predictor_num_register_tokens
-        # default: every 4th block starting at block 1 ("1:4:12" for ViT-B, "1:4:24" for ViT-L)
-        self.targets = targets if targets is not None else f"1:{min(4, num_hidden_layers)}:{num_hidden_layers}"
-        self.target_merge = target_merge
-        self.mask_mode = mask_mode
-        self.mask_num_targets = mask_num_targets
-        self.mask_target_scale = list(mask_target_scale) if mask_target_scale is not None else None
-        self.mask_target_aspect = list(mask_target_aspect) if mask_target_aspect is not None else None
-        self.mask_context_scale = list(mask_context_scale)
-        self.mask_min_context = mask_min_context
-        self.mask_ratio = mask_ratio
-        self.ema_start = ema_start
-        self.ema_end = ema_end
-        self.probe_type = probe_type
-        self.segmentation_head = segmentation_head
-        self.semantic_loss_ignore_index = semantic_loss_ignore_index
-        self.apply_layernorm = apply_layernorm
-        self.reshape_hidden_states = reshape_hidden_states
-        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, num_hidden_layers + 1)]
-        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
-        super().__init__(**kwargs)
-        self.validate_bootleg()
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int | None = None
+    mlp_ratio: float | int = 4.0
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    initializer_range: float = 0.02
+    image_size: int | list[int] | tuple[int, int] = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    num_register_tokens: int = 4
+    use_cls_token: bool = True
+    predictor_hidden_size: int = 384
+    predictor_num_hidden_layers: int = 10
+    predictor_num_attention_heads: int = 16
+    predictor_num_register_tokens: int = 4
+    targets: str | None = None
+    target_merge: str = "concat"
+    mask_mode: str = "bootleg"
+    mask_num_targets: int = 4
+    mask_target_scale: list[float | int] | tuple[float | int, ...] | None = None
+    mask_target_aspect: list[float | int] | tuple[float | int, ...] | None = None
+    mask_context_scale: list[float | int] | tuple[float | int, ...] = (0.85, 1.0)
+    mask_min_context: int = 10
+    mask_ratio: float = 0.75
+    ema_start: float | int = 0.9985
+    ema_end: float | int = 0.9985
+    probe_type: str = "xblk"
+    segmentation_head: str = "lin"
+    semantic_loss_ignore_index: int = 255
+    _out_features: list[str] | None = None
+    _out_indices: list[int] | None = None
+    apply_layernorm: bool = True
+    reshape_hidden_states: bool = True
+
+    def __post_init__(self, **kwargs: Any):
+        if self.intermediate_size is None:
+            self.intermediate_size = int(self.hidden_size * self.mlp_ratio)
+        if self.targets is None:
+            self.targets = default_targets(self.num_hidden_layers)
+        # pairs are stored as lists, as they come back from config.json
+        for name in ("image_size", "mask_target_scale", "mask_target_aspect", "mask_context_scale"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
+        self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(out_indices=kwargs.pop("out_indices", None),
+                                                out_features=kwargs.pop("out_features", None))
+        super().__post_init__(**kwargs)
+        self.check_values()
 
     # --- derived geometry -------------------------------------------------------------------------------------
     @property
@@ -164,7 +147,7 @@ class BootlegConfig(BackboneConfigMixin, PretrainedConfig):
     def target_spec(self) -> TargetSpec:
         return TargetSpec.parse(self.targets, self.num_hidden_layers, self.target_merge)
 
-    def validate_bootleg(self) -> None:
+    def check_values(self) -> None:
         """Raise a `ValueError` naming the problem for any impossible combination of values."""
         positive = ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size",
                     "num_channels", "predictor_hidden_size", "predictor_num_hidden_layers",
@@ -200,7 +183,8 @@ class BootlegConfig(BackboneConfigMixin, PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "BootlegConfig":
-        """`vit-micro` (CPU tests/demo), `vit-tiny`, `vit-small`, `vit-base`, `vit-large` (SPEC §6), plus overrides."""
+        """`vit-micro` (CPU tests/demo), `vit-tiny`, `vit-small`, `vit-base`, `vit-large` (docs/design.md §6), plus
+        overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset '{name}'; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})

@@ -108,6 +108,37 @@ def bootleg_to_timm(state_dict: Mapping[str, torch.Tensor], config: BootlegConfi
     return out
 
 
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A weights file: safetensors, or a `.pth` read with `torch.load(weights_only=True)` (a `state_dict` or `model`
+    entry is unwrapped)."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state.get("model", state))
+
+
+def timm_model_to_bootleg(arch: str, reg_tokens: int = 4, checkpoint: str | os.PathLike | None = None) -> BootlegModel:
+    """The `BootlegModel` of timm architecture `arch` (built with `reg_tokens` registers and `no_embed_class=True`),
+    with `checkpoint`'s weights, or without one timm's random init with Bootleg's sin-cos table (for parity checks).
+    Every key is checked strictly."""
+    import timm
+
+    ref = timm.create_model(arch, pretrained=False, num_classes=0, reg_tokens=reg_tokens, no_embed_class=True)
+    config = config_from_timm(ref)
+    if checkpoint:
+        ref.load_state_dict(read_state_dict(checkpoint), strict=True)
+    else:  # random weights: give timm our fixed table so both models agree
+        with torch.no_grad():
+            ref.pos_embed.copy_(sincos_position_embedding(config.hidden_size, *config.grid_size)[None])
+    model = BootlegModel(config)
+    converted = timm_to_bootleg(ref.state_dict(), config)
+    check_keys(converted, model.state_dict(), f"timm {arch} → BootlegModel")
+    model.load_state_dict(converted)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------------- I-JEPA
 # Official I-JEPA archs (src/models/vision_transformer.py): width → heads. ViT-H/14 and ViT-g use 16 heads, so
 # the usual head width of 64 cannot be assumed.

@@ -4,7 +4,7 @@ Everything here works offline. Image datasets are plain `datasets.Dataset` objec
 column (and ``label`` when the data has classes); transforms are callables for
 ``Dataset.set_transform`` that turn a batch (dict of lists) into ``pixel_values`` tensors.
 
-Unreadable images (SPEC §11) raise :class:`CorruptImageError`, whose message names the file; the
+Unreadable images (docs/design.md §11) raise :class:`CorruptImageError`, whose message names the file; the
 transforms either raise it (``on_error="raise"``) or replace the example and count it
 (``on_error="skip"``, see :class:`PretrainTransform`).
 """
@@ -16,7 +16,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +25,7 @@ import datasets
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 
 def _transforms_v2() -> Any:
@@ -47,8 +48,8 @@ MOSAIC_LABELS: list[str] = ["background", *FASHION_MNIST_CLASSES]
 # 0 with faint anti-aliasing halos, and 20/255 keeps the halos out without eating dark garments.
 MOSAIC_THRESHOLD = 20
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
+IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
 
 _APT_HINT = "install it with `sudo apt-get install dataset-fashion-mnist`"
 _SPLIT_FILES = {"train": "train", "test": "t10k"}
@@ -177,7 +178,7 @@ def load_fashion_mnist(split: str = "train", root: str | None = None, limit: int
 def make_mosaic_segmentation(
     split: str = "train", num_images: int = 1000, seed: int = 0, root: str | None = None
 ) -> datasets.Dataset:
-    """Derived segmentation task: 2×2 mosaics of random Fashion-MNIST items (SPEC §9).
+    """Derived segmentation task: 2×2 mosaics of random Fashion-MNIST items (docs/design.md §9).
 
     Each row has ``image`` (PIL "L", 56×56: items in raster order top-left, top-right, bottom-left,
     bottom-right), ``mask`` (PIL "L", 56×56, uint8: 0 = background, ``1 + class`` where the item's
@@ -441,6 +442,9 @@ class IndexedDataset(torch.utils.data.Dataset):
 class _BatchImageTransform:
     """Shared batch handling and corrupt-image policy for the transforms below.
 
+    Options every transform takes (``**options`` of the subclasses): ``mean``, ``std`` (normalisation, ImageNet's by
+    default), ``on_error``, ``image_column``, ``max_skipped``.
+
     ``__call__(batch)`` takes a dict of equal-length lists (what ``Dataset.set_transform`` passes)
     and returns ``pixel_values`` (list of float32 tensors [3, S, S], normalised) plus every other
     column except the image column (``label`` included), row-aligned.
@@ -459,14 +463,19 @@ class _BatchImageTransform:
 
     def __init__(
         self,
-        pipeline: Callable[[Image.Image], torch.Tensor],
+        ops: list[Any],
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
         on_error: Literal["skip", "raise"] = "skip",
         image_column: str = "image",
         max_skipped: int | None = None,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-        self.pipeline = pipeline
+        v2 = _transforms_v2()
+        # `ops` (PIL → PIL augmentations), then to a float tensor in [0, 1], then normalised with mean/std
+        self.pipeline = v2.Compose([*ops, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                                    v2.Normalize(list(mean), list(std))])
         self.on_error = on_error
         self.image_column = image_column
         self.max_skipped = max_skipped
@@ -528,11 +537,6 @@ class _BatchImageTransform:
         return {"pixel_values": [self.pipeline(img) for img in decoded], **others}
 
 
-def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
-    v2 = _transforms_v2()
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-
-
 class PretrainTransform(_BatchImageTransform):
     """Pretraining augmentation: RandomResizedCrop(image_size, scale; bicubic, antialias) + optional
     horizontal flip + normalise → ``pixel_values`` float32 [3, image_size, image_size].
@@ -541,74 +545,38 @@ class PretrainTransform(_BatchImageTransform):
     docstring — skipped examples are replaced by another readable example, counted and logged.
     """
 
-    def __init__(
-        self,
-        image_size: int,
-        scale: tuple[float, float] = (0.35, 1.0),
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        hflip: bool = True,
-        on_error: Literal["skip", "raise"] = "skip",
-        image_column: str = "image",
-        max_skipped: int | None = None,
-    ) -> None:
+    def __init__(self, image_size: int, scale: tuple[float, float] = (0.35, 1.0), hflip: bool = True,
+                 **options: Any) -> None:
         v2 = _transforms_v2()
-        ops: list[Any] = [
-            v2.RandomResizedCrop(image_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-        ]
-        if hflip:
-            ops.append(v2.RandomHorizontalFlip())
-        super().__init__(v2.Compose(ops + _to_normalised_tensor(mean, std)), on_error, image_column, max_skipped)
+        crop = v2.RandomResizedCrop(image_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        super().__init__([crop] + [v2.RandomHorizontalFlip()] * hflip, **options)
 
 
 class EvalTransform(_BatchImageTransform):
     """Probe evaluation protocol: resize the shorter side to ``round(image_size / crop_fraction)``
     (bicubic, antialias), center-crop ``image_size``, normalise → float32 [3, S, S]."""
 
-    def __init__(
-        self,
-        image_size: int,
-        crop_fraction: float = 0.875,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        on_error: Literal["skip", "raise"] = "skip",
-        image_column: str = "image",
-        max_skipped: int | None = None,
-    ) -> None:
+    def __init__(self, image_size: int, crop_fraction: float = 0.875, **options: Any) -> None:
         if not 0 < crop_fraction <= 1:
             raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
         v2 = _transforms_v2()
         resize = max(image_size, round(image_size / crop_fraction))
-        ops = [
-            v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(image_size),
-        ]
-        super().__init__(v2.Compose(ops + _to_normalised_tensor(mean, std)), on_error, image_column, max_skipped)
+        super().__init__([v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                          v2.CenterCrop(image_size)], **options)
 
 
 class ProbeTrainTransform(_BatchImageTransform):
     """Probe training augmentation: RandomResizedCrop(scale, bicubic) + horizontal flip +
     ColorJitter(brightness=contrast=saturation=jitter) + normalise → float32 [3, S, S]."""
 
-    def __init__(
-        self,
-        image_size: int,
-        scale: tuple[float, float] = (0.3, 1.0),
-        jitter: float = 0.4,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        on_error: Literal["skip", "raise"] = "skip",
-        image_column: str = "image",
-        max_skipped: int | None = None,
-    ) -> None:
+    def __init__(self, image_size: int, scale: tuple[float, float] = (0.3, 1.0), jitter: float = 0.4,
+                 **options: Any) -> None:
         v2 = _transforms_v2()
-        ops: list[Any] = [
-            v2.RandomResizedCrop(image_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.RandomHorizontalFlip(),
-        ]
+        crop = v2.RandomResizedCrop(image_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        ops = [crop, v2.RandomHorizontalFlip()]
         if jitter > 0:
             ops.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter))
-        super().__init__(v2.Compose(ops + _to_normalised_tensor(mean, std)), on_error, image_column, max_skipped)
+        super().__init__(ops, **options)
 
 
 __all__ = [

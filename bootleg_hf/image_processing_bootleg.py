@@ -8,11 +8,9 @@ pipelines get `post_process_semantic_segmentation` for free. The PIL backend nee
 from __future__ import annotations
 
 from transformers import BeitImageProcessorPil
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .configuration_bootleg import BootlegConfig
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def make_image_processor(config: BootlegConfig) -> BeitImageProcessorPil:
@@ -20,6 +18,17 @@ def make_image_processor(config: BootlegConfig) -> BeitImageProcessorPil:
     h, w = config.image_hw
     return BeitImageProcessorPil(
         size={"height": h, "width": w}, resample=3, do_center_crop=False, do_rescale=True, rescale_factor=1 / 255,
-        do_normalize=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_reduce_labels=False,
-        do_convert_rgb=True,
+        do_normalize=True, image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
+        do_reduce_labels=False, do_convert_rgb=True,
     )
+
+
+def make_eval_image_processor(config: BootlegConfig, crop_fraction: float = 0.875) -> BeitImageProcessorPil:
+    """The probes' evaluation view as a processor: shorter side to `size / crop_fraction` (bicubic), centre crop to
+    the model's (square) size, ImageNet norm; equal to `bootleg_hf.data.EvalTransform` within 1e-6."""
+    h, w = config.image_hw
+    if h != w:
+        raise ValueError(f"the evaluation crop needs a square input size, the model's is {h}x{w}")
+    return BeitImageProcessorPil(**{**make_image_processor(config).to_dict(), "do_center_crop": True,
+                                    "size": {"shortest_edge": max(h, round(h / crop_fraction))},
+                                    "crop_size": {"height": h, "width": w}})

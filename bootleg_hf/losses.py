@@ -1,4 +1,4 @@
-"""The Bootleg loss: plain MSE over every target element (SPEC §4.3)."""
+"""The Bootleg loss: plain MSE over every target element (docs/design.md §4.3)."""
 
 from __future__ import annotations
 

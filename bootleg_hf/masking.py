@@ -1,6 +1,4 @@
-"""Multi-block masking for Bootleg (SPEC §5), legacy I-JEPA masking and MAE random masking.
-
-Only numpy / torch / stdlib are imported here so that the collator stays cheap inside DataLoader workers.
+"""Multi-block masking for Bootleg (docs/design.md §5), legacy I-JEPA masking and MAE random masking.
 
 Conventions: the patch grid is ``Gh × Gw`` with ``N = Gh·Gw`` tokens in raster (row-major) order, token
 ``t`` ↔ (row ``t // Gw``, column ``t % Gw``). Rectangle shapes are ``h × w`` = rows × columns and the
@@ -18,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .configuration_bootleg import MASK_MODES as MODES
+
 __all__ = ["MaskBatch", "MaskGenerator", "BootlegDataCollator", "MODES"]
 
-MODES = ("bootleg", "ijepa", "random")
 _DEFAULT_TARGET_SCALE = {"bootleg": (0.16, 0.183), "ijepa": (0.15, 0.2), "random": (0.16, 0.183)}
 _DEFAULT_TARGET_ASPECT = {"bootleg": (2 / 3, 3 / 2), "ijepa": (0.75, 1.5), "random": (2 / 3, 3 / 2)}
 _MAX_REPLACEMENTS = 100  # bootleg: rounds of re-placing images whose context is below min_context
@@ -52,7 +51,7 @@ def _pair(name: str, value: Any) -> tuple[float, float]:
 
 
 class MaskGenerator:
-    """Samples context/target token sets for a ``Gh × Gw`` patch grid (SPEC §5).
+    """Samples context/target token sets for a ``Gh × Gw`` patch grid (docs/design.md §5).
 
     Modes:
         ``"bootleg"``: the fixed multi-block sampler. Per batch one target size (scale and log-aspect drawn
@@ -144,6 +143,15 @@ class MaskGenerator:
                 ranks += [rr * gw + cc, cc * gh + rr]
         self._scan_rank = np.stack(ranks)  # [8, N]
         self._scan_perm = np.argsort(self._scan_rank, axis=1)  # [8, N]
+
+    @classmethod
+    def from_config(cls, config: Any, seed: int = 0) -> "MaskGenerator":
+        """The generator a `BootlegConfig` describes (its `mask_*` fields, at the config's patch grid); every value is
+        validated here."""
+        return cls(config.grid_size, mode=config.mask_mode, num_targets=config.mask_num_targets,
+                   target_scale=config.mask_target_scale, target_aspect=config.mask_target_aspect,
+                   context_scale=config.mask_context_scale, min_context=config.mask_min_context,
+                   mask_ratio=config.mask_ratio, seed=seed)
 
     @property
     def num_patches(self) -> int:

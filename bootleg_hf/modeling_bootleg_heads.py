@@ -1,9 +1,23 @@
-"""Task heads on the Bootleg encoder (SPEC §7): `BootlegForImageClassification`, `BootlegForSemanticSegmentation`.
+"""Task heads on the Bootleg encoder (docs/design.md §7): the paper's frozen-encoder probes and segmentation decoders,
+and the task models `BootlegForImageClassification` and `BootlegForSemanticSegmentation` that carry them.
 
-Both keep the encoder under `bootleg.` (so an encoder folder or a pretraining checkpoint loads into them) and the head
-under `classifier.` / `decode_head.`. The heads are the paper's frozen-encoder probes; `freeze_encoder()` reproduces
-that setting and `from_encoder(...)` attaches a head trained on cached features (training/probe.py,
-training/segment.py) to an encoder for saving and for `transformers` pipelines.
+Classification probes take the encoder's `last_hidden_state` `[B, T, D]` (tokens `[CLS, REG×R, patches]` after the
+final LayerNorm) and return logits `[B, C]`:
+
+- `PatchProbe` — mean of the patch tokens → BatchNorm (no affine) → Linear.
+- `ClsProbe` — CLS token → LayerNorm (no parameters) → Linear.
+- `AttentiveProbe(block=False)` (X-Attn) — one learned query cross-attends over **all** tokens (keys/values
+  layer-normed, query not normalised; heads = encoder heads, width D) → Linear.
+- `AttentiveProbe(block=True)` (X-Blk) — X-Attn plus the residual MLP sub-block `q += MLP(LN(q))` before the Linear
+  (V-JEPA's attentive classifier).
+
+Segmentation heads map the same tokens to logits `[B, C, h, w]`: `LinearSegmentationHead` (Lin) and
+`MaskTransformerHead` (Blk, Segmenter with one block).
+
+The task models keep the encoder under `bootleg.` (so an encoder folder or a pretraining checkpoint loads into them)
+and the head under `classifier.` / `decode_head.`; `freeze_encoder()` reproduces the probing setting and
+`from_encoder(...)` attaches a head trained on frozen features (`bootleg_hf.evaluation`) to an encoder for saving and
+for `transformers` pipelines.
 
 This module is shipped as Hub remote code: it imports only torch, transformers and sibling modules.
 """
@@ -19,10 +33,150 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegmenterOutput
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
-from .configuration_bootleg import SEGMENTATION_HEADS, BootlegConfig
-from .modeling_bootleg import BootlegBlock, BootlegModel, BootlegPreTrainedModel
-from .probes import build_probe, init_probe_weights
+from .configuration_bootleg import PROBE_TYPES, SEGMENTATION_HEADS, BootlegConfig
+from .modeling_bootleg import BootlegBlock, BootlegMlp, BootlegModel, BootlegPreTrainedModel
+
+
+def init_probe_weights(module: nn.Module, std: float) -> nn.Module:
+    """Initialise a head exactly as `BootlegPreTrainedModel._init_weights` does (trunc-normal Linear weights, zero
+    biases, LayerNorm (1, 0), then each module's `init_bootleg_weights`), so a head built alone matches one built
+    inside a model."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+            init.ones_(m.weight)
+            init.zeros_(m.bias)
+        elif hasattr(m, "init_bootleg_weights"):
+            m.init_bootleg_weights(std)
+    return module
+
+
+class Probe(nn.Module):
+    """A probe split in two: `shared_features(tokens)` is parameter-free and the same for every probe of a type (a sweep
+    computes it once per batch), `classify(features)` holds the parameters. `forward(tokens [B, T, D]) → [B, C]`."""
+
+    def shared_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.shared_features(tokens))
+
+
+class PatchProbe(Probe):
+    """Mean of the patch tokens → `BatchNorm1d(affine=False)` → Linear."""
+
+    def __init__(self, config: BootlegConfig, num_labels: int):
+        super().__init__()
+        self.num_prefix_tokens = config.num_prefix_tokens
+        self.norm = nn.BatchNorm1d(config.hidden_size, affine=False)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init_probe_weights(self, config.initializer_range)
+
+    def init_bootleg_weights(self, std: float) -> None:
+        # running statistics are buffers `_init_weights` does not know; meta-device loading leaves them as garbage
+        init.zeros_(self.norm.running_mean)
+        init.ones_(self.norm.running_var)
+        init.zeros_(self.norm.num_batches_tracked)
+
+    def shared_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, self.num_prefix_tokens:].mean(1)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(features))
+
+
+class ClsProbe(Probe):
+    """CLS token → `LayerNorm(elementwise_affine=False)` → Linear."""
+
+    def __init__(self, config: BootlegConfig, num_labels: int):
+        super().__init__()
+        if not config.use_cls_token:
+            raise ValueError("the CLS probe needs an encoder with a CLS token (config.use_cls_token=True)")
+        self.norm = nn.LayerNorm(config.hidden_size, elementwise_affine=False)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init_probe_weights(self, config.initializer_range)
+
+    def shared_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(tokens[:, 0])
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+
+class AttentiveProbe(Probe):
+    """X-Attn (`block=False`) or X-Blk (`block=True`): attentive pooling with one learned query.
+
+    `q = query + CrossAttn(query, LN(tokens))` over all T tokens (`q` projected by `q_proj`, keys/values by the fused
+    `kv` Linear, heads = encoder heads, scale `head_dim^-0.5`, no output projection — as V-JEPA, whose `proj` is
+    unused); X-Blk then adds `q += MLP(LN(q))` (GELU, ratio 4). Finally `Linear(D → C)`, no final norm.
+
+    Computed without projecting the tokens (same result, O(T·D·H) instead of O(T·D²) per image): `LN(x) = x̂·γ + β`
+    with x̂ the parameter-free standardised tokens (the shared features), and with one query the attention logits
+    `q·(W_k LN(x_t) + b_k) = x̂_t·(γ ∘ W_kᵀq) + const` (constants cancel in the softmax), while the values give
+    `Σ_t a_t (W_v LN(x_t) + b_v) = W_v ((Σ_t a_t x̂_t)·γ + β) + b_v` because the weights sum to one.
+    """
+
+    def __init__(self, config: BootlegConfig, num_labels: int, block: bool):
+        super().__init__()
+        d = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.query = nn.Parameter(torch.zeros(1, 1, d))
+        self.norm = nn.LayerNorm(d)  # eps 1e-5: V-JEPA's nn.LayerNorm default
+        self.q_proj = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.mlp_norm = nn.LayerNorm(d) if block else None
+        self.mlp = BootlegMlp(config, d, 4 * d) if block else None
+        self.classifier = nn.Linear(d, num_labels)
+        init_probe_weights(self, config.initializer_range)
+
+    def init_bootleg_weights(self, std: float) -> None:
+        init.trunc_normal_(self.query, std=std)
+
+    def shared_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(tokens, tokens.shape[-1:], eps=self.norm.eps)
+
+    def key_directions(self) -> torch.Tensor:
+        """`[H, D]`: attention logits of head h are `x̂ · key_directions()[h]` (up to a per-head constant)."""
+        d = self.query.shape[-1]
+        h = self.num_heads
+        q = self.q_proj(self.query).reshape(h, d // h)
+        w_k = self.kv.weight[:d].reshape(h, d // h, d)  # kv output layout: [k | v] × heads × head_dim
+        return torch.einsum("hc,hcd->hd", q, w_k) * (d // h) ** -0.5 * self.norm.weight
+
+    def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Attention-weighted standardised tokens per head `[B, H, D]` → logits `[B, C]`."""
+        b, h, d = pooled.shape
+        w_v = self.kv.weight[d:].reshape(h, d // h, d)
+        b_v = self.kv.bias[d:].reshape(h, d // h)
+        x = pooled * self.norm.weight + self.norm.bias
+        q = self.query.reshape(1, d) + (torch.einsum("bhd,hcd->bhc", x, w_v) + b_v).reshape(b, d)
+        if self.mlp is not None:
+            q = q + self.mlp(self.mlp_norm(q))
+        return self.classifier(q)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        attn = torch.einsum("btd,hd->bht", features, self.key_directions()).softmax(dim=-1)
+        return self.classify_pooled(torch.einsum("bht,btd->bhd", attn, features))
+
+
+def build_probe(kind: str, config: BootlegConfig, num_labels: int) -> Probe:
+    """Probe of type `kind` (`patch`, `cls`, `xattn`, `xblk`) for encoder `config`, with `num_labels` outputs."""
+    if kind == "patch":
+        return PatchProbe(config, num_labels)
+    if kind == "cls":
+        return ClsProbe(config, num_labels)
+    if kind in ("xattn", "xblk"):
+        return AttentiveProbe(config, num_labels, block=kind == "xblk")
+    raise ValueError(f"unknown probe type '{kind}'; choose one of {PROBE_TYPES}")
 
 
 def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -91,18 +245,48 @@ def build_segmentation_head(kind: str, config: BootlegConfig, num_labels: int) -
 
 
 class BootlegHeadModel(BootlegPreTrainedModel):
-    """Shared plumbing of the task models: encoder under `bootleg`, head under `head_name`."""
+    """Shared plumbing of the task models: the encoder under `bootleg`, the head under `head_name` (built by
+    `build_head`), and one forward: encoder → `head_logits` → `head_loss` with labels → `output_class`."""
 
     head_name: str
+    output_class: type[ModelOutput]
     # The Trainer must not hand `num_items_in_batch` to these models: their loss is a per-batch mean, so gradient
     # accumulation must divide by the number of micro-batches (transformers-v5 notes §13).
     accepts_loss_kwargs = False
     # a pretraining checkpoint holds the teacher under `bootleg.`; its student and predictor do not belong here
     _keys_to_ignore_on_load_unexpected = [r"^student\.", r"^predictor\."]
 
+    def __init__(self, config: BootlegConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bootleg = BootlegModel(config)
+        setattr(self, self.head_name, self.build_head(config))
+        self.post_init()
+
+    def build_head(self, config: BootlegConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def head_logits(self, tokens: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @can_return_tuple
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any) -> ModelOutput:
+        """`pixel_values [B, C, H, W]` (and `labels`) → `output_class` with `logits`, the loss when labels are given,
+        and the encoder's hidden states / attentions on request. `kwargs` (`interpolate_pos_encoding`,
+        `output_hidden_states`, `output_attentions`) go to the encoder; `return_dict=False` gives a tuple."""
+        encoded = self.encode(pixel_values, **kwargs)
+        logits = self.head_logits(encoded.last_hidden_state, pixel_values)
+        loss = self.head_loss(logits, labels) if labels is not None else None
+        return self.output_class(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
+                                 attentions=encoded.attentions)
+
     def encode(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool | None = None,
-               output_hidden_states: bool | None = None, output_attentions: bool | None = None):
-        """The encoder's `BaseModelOutputWithPooling` (`last_hidden_state [B, 1+R+N, D]`) for the head."""
+               output_hidden_states: bool | None = None, output_attentions: bool | None = None, **kwargs: Any):
+        """The encoder's `BaseModelOutputWithPooling` (`last_hidden_state [B, 1+R+N, D]`) for the head; the output
+        flags default to the config's."""
         return self.bootleg(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
                             output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                             return_dict=True)
@@ -128,7 +312,7 @@ class BootlegHeadModel(BootlegPreTrainedModel):
             items = id2label.items() if isinstance(id2label, Mapping) else enumerate(id2label)
             config.id2label = {int(i): str(name) for i, name in items}
             config.label2id = {name: i for i, name in config.id2label.items()}
-        config.validate_bootleg()
+        config.check_values()
         model = cls(config)
         model.bootleg.load_state_dict(encoder.state_dict())
         if head_state_dict is not None:
@@ -144,31 +328,16 @@ class BootlegForImageClassification(BootlegHeadModel):
     """
 
     head_name = "classifier"
+    output_class = ImageClassifierOutput
 
-    def __init__(self, config: BootlegConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bootleg = BootlegModel(config)
-        self.classifier = build_probe(config.probe_type, config, config.num_labels)
-        self.post_init()
+    def build_head(self, config: BootlegConfig) -> Probe:
+        return build_probe(config.probe_type, config, config.num_labels)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> ImageClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        encoded = self.encode(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
-        logits = self.classifier(encoded.last_hidden_state)
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        out = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
-                                    attentions=encoded.attentions)
-        return out if return_dict else out.to_tuple()
+    def head_logits(self, tokens: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.classifier(tokens)
+
+    def head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss_function(labels, logits, self.config)
 
 
 class BootlegForSemanticSegmentation(BootlegHeadModel):
@@ -180,35 +349,19 @@ class BootlegForSemanticSegmentation(BootlegHeadModel):
     """
 
     head_name = "decode_head"
+    output_class = SemanticSegmenterOutput
 
-    def __init__(self, config: BootlegConfig):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bootleg = BootlegModel(config)
-        self.decode_head = build_segmentation_head(config.segmentation_head, config, config.num_labels)
-        self.post_init()
+    def build_head(self, config: BootlegConfig) -> nn.Module:
+        return build_segmentation_head(config.segmentation_head, config, config.num_labels)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        interpolate_pos_encoding: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SemanticSegmenterOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        encoded = self.encode(pixel_values, interpolate_pos_encoding, output_hidden_states, output_attentions)
+    def head_logits(self, tokens: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
-        logits = self.decode_head(encoded.last_hidden_state, grid)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
-        out = SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
-                                      attentions=encoded.attentions)
-        return out if return_dict else out.to_tuple()
+        return self.decode_head(tokens, grid)
+
+    def head_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss_function(logits, labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
 
 
-__all__ = ["BootlegForImageClassification", "BootlegForSemanticSegmentation", "LinearSegmentationHead",
-           "MaskTransformerHead", "build_segmentation_head"]
+__all__ = ["BootlegForImageClassification", "BootlegForSemanticSegmentation", "Probe", "PatchProbe", "ClsProbe",
+           "AttentiveProbe", "build_probe", "init_probe_weights", "LinearSegmentationHead", "MaskTransformerHead",
+           "build_segmentation_head"]

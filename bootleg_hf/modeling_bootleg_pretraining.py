@@ -1,4 +1,4 @@
-"""`BootlegForPretraining`: student, EMA teacher, predictor, targets and loss (SPEC §4).
+"""`BootlegForPretraining`: student, EMA teacher, predictor, targets and loss (docs/design.md §4).
 
 Parameter layout: `bootleg.*` is the **teacher** (stored under the base-model prefix so that
 `AutoModel.from_pretrained(pretraining_checkpoint)` loads the teacher, the weights the paper evaluates),
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 from transformers.utils import ModelOutput
 
 from .configuration_bootleg import BootlegConfig
@@ -51,7 +52,7 @@ class BootlegPretrainingOutput(ModelOutput):
 
 
 class BootlegPredictor(nn.Module):
-    """Narrow ViT predicting teacher targets at masked positions (SPEC §4.1).
+    """Narrow ViT predicting teacher targets at masked positions (docs/design.md §4.1).
 
     One sequence per target rectangle, batched (rectangles never attend to each other):
     `[predictor registers, CLS', context', mask tokens]`, where CLS' and context' are the student's final-LN outputs
@@ -197,23 +198,26 @@ class BootlegForPretraining(BootlegPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BootlegPretrainingOutput | tuple:
-        """`pixel_values [B, C, H, W]`, `context_indices [B, K]`, `target_indices [B, R, T]` (raster order)."""
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        n = self.config.num_patches
-        context_indices = check_indices(context_indices, pixel_values.shape[0], n, "context_indices")
-        target_indices = torch.as_tensor(target_indices)
-        if target_indices.ndim != 3:
-            raise ValueError(f"target_indices must be [batch, rectangles, tokens], got {tuple(target_indices.shape)}")
-        check_indices(target_indices.flatten(1), pixel_values.shape[0], n, "target_indices")
-        target_indices = target_indices.long().to(pixel_values.device)
-        context_indices = context_indices.to(pixel_values.device)
+        """`pixel_values [B, C, H, W]`, `context_indices [B, K]`, `target_indices [B, R, T]` (raster order).
 
-        targets, target_std = self.compute_targets(pixel_values, target_indices)
-        encoded = self.student(pixel_values, context_indices=context_indices).last_hidden_state
-        prefix = self.config.num_prefix_tokens
-        cls = encoded[:, :1] if self.config.use_cls_token else None  # registers are dropped (SPEC §4.1)
-        predictions = self.predictor(cls, encoded[:, prefix:], context_indices, target_indices)
-        loss = mse_loss(predictions.float(), targets, compute_loss_value) if return_loss else None
+        The phases are labelled for `torch.profiler` (`bootleg.checks`, `bootleg.teacher_forward`,
+        `bootleg.target_building`, `bootleg.student_forward`, `bootleg.predictor_forward`, `bootleg.loss`): the step
+        breakdown benchmark reads them."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        with record_function("bootleg.checks"):
+            context_indices, target_indices = self.check_indices(pixel_values, context_indices, target_indices)
+        with record_function("bootleg.teacher_forward"):
+            features = self.teacher_features(pixel_values)
+        with record_function("bootleg.target_building"):
+            targets, target_std = self.build_targets(features, pixel_values, target_indices)
+        with record_function("bootleg.student_forward"):
+            encoded = self.student(pixel_values, context_indices=context_indices).last_hidden_state
+        with record_function("bootleg.predictor_forward"):
+            prefix = self.config.num_prefix_tokens
+            cls = encoded[:, :1] if self.config.use_cls_token else None  # registers are dropped (docs/design.md §4.1)
+            predictions = self.predictor(cls, encoded[:, prefix:], context_indices, target_indices)
+        with record_function("bootleg.loss"):
+            loss = mse_loss(predictions.float(), targets, compute_loss_value) if return_loss else None
         out = BootlegPretrainingOutput(
             loss=loss,
             predictions=predictions if output_predictions else None,
@@ -221,6 +225,17 @@ class BootlegForPretraining(BootlegPreTrainedModel):
             target_std=target_std,
         )
         return out if return_dict else out.to_tuple()
+
+    def check_indices(self, pixel_values: torch.Tensor, context_indices: torch.Tensor,
+                      target_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated `context_indices [B, K]` and `target_indices [B, R, T]` as long tensors on the images' device."""
+        n = self.config.num_patches
+        context_indices = check_indices(context_indices, pixel_values.shape[0], n, "context_indices")
+        target_indices = torch.as_tensor(target_indices)
+        if target_indices.ndim != 3:
+            raise ValueError(f"target_indices must be [batch, rectangles, tokens], got {tuple(target_indices.shape)}")
+        check_indices(target_indices.flatten(1), pixel_values.shape[0], n, "target_indices")
+        return context_indices.to(pixel_values.device), target_indices.long().to(pixel_values.device)
 
 
 __all__ = ["BootlegForPretraining", "BootlegPredictor", "BootlegPretrainingOutput"]

@@ -1,9 +1,11 @@
-"""Hub publishing (SPEC §8): a Hub-ready folder from an encoder / classification / segmentation folder, and its upload.
+"""Hub publishing (docs/design.md §8): a Hub-ready folder from an encoder / classification / segmentation folder, and
+its upload.
 
 The folder holds `config.json` with an `auto_map` for every Auto class (so `trust_remote_code=True` users load it
 without installing bootleg-hf), the module files `auto_map` needs, safetensors weights only, the image processor
-config (a built-in BEiT processor: no remote code) and a `README.md` model card rendered from `model_cards/` with
-`huggingface_hub.ModelCard`, its YAML carrying the measured probe results in `model-index`.
+config (a built-in BEiT processor: no remote code) and a `README.md` model card rendered from the template shipped in
+the package (`bootleg_hf/model_cards/`) with `huggingface_hub.ModelCard`, its YAML carrying the measured probe
+results in `model-index`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .data import FASHION_MNIST_HUB_ID
 from .image_processing_bootleg import make_image_processor
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-TEMPLATE = PACKAGE_DIR.parent / "model_cards" / "bootleg.md"
+TEMPLATE = PACKAGE_DIR / "model_cards" / "bootleg.md"
 # Auto class → "<module>.<class>" inside the published folder (transformers' remote-code convention).
 AUTO_MAP = {
     "AutoConfig": "configuration_bootleg.BootlegConfig",
@@ -245,31 +247,39 @@ def build_hub_folder(source: str | os.PathLike, out: str | os.PathLike, repo_id:
     raw = json.loads((source / "config.json").read_text())
     arch = (raw.get("architectures") or ["?"])[0]
     if arch not in KINDS:
-        hint = " (run conversion/export_pretrained.py first)" if arch == "BootlegForPretraining" else ""
+        hint = " (run `bootleg-export`, i.e. conversion/export_pretrained.py first)" \
+            if arch == "BootlegForPretraining" else ""
         raise PublishError(f"{source} holds a {arch}; publish a folder of one of {sorted(KINDS)}{hint}")
     weights = sorted({p for pattern in WEIGHT_FILES for p in source.glob(pattern)})
     if not any(p.suffix == ".safetensors" for p in weights):
         raise PublishError(f"{source} has no safetensors weights; re-save it with save_pretrained()")
     code_files = remote_code_files({v.split(".")[0] for v in AUTO_MAP.values()})  # before anything is written
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise PublishError(f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    for path in weights:
-        shutil.copy2(path, out / path.name)
-    raw["auto_map"] = dict(AUTO_MAP)
-    (out / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
-    for name in code_files:
-        shutil.copy2(PACKAGE_DIR / name, out / name)
-    config = BootlegConfig.from_pretrained(out)
-    if (source / "preprocessor_config.json").is_file():
-        shutil.copy2(source / "preprocessor_config.json", out / "preprocessor_config.json")
-    else:
-        make_image_processor(config).save_pretrained(out)
-    render_card(out, config, KINDS[arch], repo_id, **card_kwargs).save(out / "README.md")
-    check_no_pickles(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise PublishError(f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)")
+    # Built in a temporary sibling folder and moved into place at the end: a failure leaves no partial folder.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir()
+    try:
+        for path in weights:
+            shutil.copy2(path, build / path.name)
+        raw["auto_map"] = dict(AUTO_MAP)
+        (build / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+        for name in code_files:
+            shutil.copy2(PACKAGE_DIR / name, build / name)
+        config = BootlegConfig.from_pretrained(build)
+        if (source / "preprocessor_config.json").is_file():
+            shutil.copy2(source / "preprocessor_config.json", build / "preprocessor_config.json")
+        else:
+            make_image_processor(config).save_pretrained(build)
+        render_card(build, config, KINDS[arch], repo_id, **card_kwargs).save(build / "README.md")
+        check_no_pickles(build)
+        if out.exists():
+            shutil.rmtree(out)
+        build.rename(out)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
     return out
 
 

@@ -1,6 +1,6 @@
 """Teacher targets: which hidden representations the predictor must regress, and how they are normalised.
 
-A `TargetSpec` is parsed from a short string (SPEC §4.2) so that one grammar expresses Bootleg
+A `TargetSpec` is parsed from a short string (docs/design.md §4.2) so that one grammar expresses Bootleg
 (`"1:4:12"`), I-JEPA (`"final"`), MAE-style pixels (`"pixels"`) and data2vec-style averaging
 (`merge="average"`) objectives.
 """

@@ -1,4 +1,4 @@
-"""`BootlegTrainer` and `BootlegTrainingArguments`: Bootleg pretraining with `transformers.Trainer` (SPEC §6).
+"""`BootlegTrainer` and `BootlegTrainingArguments`: Bootleg pretraining with `transformers.Trainer` (docs/design.md §6).
 
 What the stock Trainer gets on top: AdamW(0.9, 0.95) with no weight decay on biases, norms and tokens; the paper's
 LR (linear warm-up from `lr_init` to `lr_max`, cosine to `lr_final`), weight-decay (cosine) and EMA-momentum (linear)
@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .data import IndexedDataset
 from .masking import BootlegDataCollator, MaskGenerator
 from .modeling_bootleg_pretraining import BootlegForPretraining
+from .optim import adamw, param_groups
 
 REFERENCE_BATCH = 2048  # the paper's global batch: LRs in recipes are for this batch size
 
@@ -32,8 +33,8 @@ class NonFiniteLossError(RuntimeError):
 class BootlegTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus Bootleg's schedules. `learning_rate`, `weight_decay` and `lr_scheduler_type` of the
     base class are ignored: the LR is `lr_init → lr_max` (linear, `warmup_steps`) `→ lr_final` (cosine), multiplied
-    by global batch / 2048 when `scale_lr_by_batch`; the weight decay is a cosine from `wd_init` to `wd_final`; the EMA
-    momentum is linear from `ema_start` to `ema_end` (default: the model config's)."""
+    by global batch / 2048 when `scale_lr_by_batch`; the weight decay is a cosine from `wd_init` to `wd_final`. The EMA
+    momentum schedule is the model config's (`ema_start` → `ema_end`, linear), so the saved config states it."""
 
     lr_init: float = field(default=1e-4, metadata={"help": "LR at step 0 (before batch scaling)"})
     lr_max: float = field(default=3e-3, metadata={"help": "LR at the end of warm-up (before batch scaling)"})
@@ -41,8 +42,6 @@ class BootlegTrainingArguments(TrainingArguments):
     scale_lr_by_batch: bool = field(default=True, metadata={"help": "multiply the LRs by global batch / 2048"})
     wd_init: float = field(default=0.05, metadata={"help": "weight decay at step 0"})
     wd_final: float = field(default=0.05, metadata={"help": "weight decay at the last step"})
-    ema_start: float | None = field(default=None, metadata={"help": "teacher momentum at step 0 (config default)"})
-    ema_end: float | None = field(default=None, metadata={"help": "teacher momentum at the last step"})
     loss_log_interval: int | None = field(
         default=None, metadata={"help": "compute the real MSE every N steps (default: logging_steps); other steps "
                                          "use MSELossNoForward"})
@@ -78,15 +77,6 @@ def weight_decay_at(step: int, total: int, wd_init: float, wd_final: float) -> f
 
 def momentum_at(step: int, total: int, ema_start: float, ema_end: float) -> float:
     return ema_start + (ema_end - ema_start) * min(step / max(1, total), 1.0)
-
-
-def mask_generator_from_config(config) -> MaskGenerator:
-    """The `MaskGenerator` a `BootlegConfig` describes (SPEC §5 defaults unless the config overrides them)."""
-    return MaskGenerator(
-        config.grid_size, mode=config.mask_mode, num_targets=config.mask_num_targets,
-        target_scale=config.mask_target_scale, target_aspect=config.mask_target_aspect,
-        context_scale=config.mask_context_scale, min_context=config.mask_min_context, mask_ratio=config.mask_ratio,
-    )
 
 
 class _BootlegCallback(TrainerCallback):
@@ -129,15 +119,12 @@ class BootlegTrainer(Trainer):
                              "leave it False")
         if data_collator is None:
             seed = args.mask_seed if args.mask_seed is not None else args.seed
-            data_collator = BootlegDataCollator(mask_generator_from_config(model.config), seed=seed)
+            data_collator = BootlegDataCollator(MaskGenerator.from_config(model.config), seed=seed)
         if train_dataset is not None and hasattr(train_dataset, "__getitem__") and not isinstance(
                 train_dataset, IndexedDataset):
             train_dataset = IndexedDataset(train_dataset)
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, **kwargs)
         self.add_callback(_BootlegCallback(self))
-        config = model.config
-        self.ema_start = args.ema_start if args.ema_start is not None else config.ema_start
-        self.ema_end = args.ema_end if args.ema_end is not None else config.ema_end
         self._real_losses: list[torch.Tensor] = []
         self._last_stats: dict[str, float] = {}
         self._clock: tuple[float, int] | None = None
@@ -161,24 +148,15 @@ class BootlegTrainer(Trainer):
         return weight_decay_at(step, self.total_steps, self.args.wd_init, self.args.wd_final)
 
     def momentum_at(self, step: int) -> float:
-        return momentum_at(step, self.total_steps, self.ema_start, self.ema_end)
+        config = self.unwrapped_model.config
+        return momentum_at(step, self.total_steps, config.ema_start, config.ema_end)
 
     # ---- optimizer and LR ---------------------------------------------------------------------------------------
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is None:
-            decay, no_decay = [], []
-            for name, p in (model or self.model).named_parameters():
-                if not p.requires_grad:
-                    continue  # the teacher
-                is_token = name.endswith(("cls_token", "reg_token", "mask_token"))
-                (no_decay if p.ndim <= 1 or is_token else decay).append(p)
-            groups = [{"params": decay, "weight_decay": self.args.wd_init, "decay": True},
-                      {"params": no_decay, "weight_decay": 0.0, "decay": False}]
-            peak = self.args.lr_max * self.args.lr_scale
-            fused = all(p.is_cuda for p in decay + no_decay)
-            self.optimizer = torch.optim.AdamW(groups, lr=peak, betas=(self.args.adam_beta1, self.args.adam_beta2),
-                                               eps=self.args.adam_epsilon, fused=fused or None,
-                                               foreach=None if fused else True)
+            groups = param_groups(model or self.model, self.args.wd_init)
+            self.optimizer = adamw(groups, self.args.lr_max * self.args.lr_scale,
+                                   (self.args.adam_beta1, self.args.adam_beta2), self.args.adam_epsilon)
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):

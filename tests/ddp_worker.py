@@ -8,13 +8,11 @@ import os
 import sys
 
 import torch
+from conftest import tiny_config  # run as a script: its folder (tests/) is on the import path
 from safetensors.torch import save_file
+from test_pretraining import SyntheticImages
 
-sys.path.insert(0, os.path.dirname(__file__))
-from conftest import tiny_config  # noqa: E402
-from test_pretraining import SyntheticImages  # noqa: E402
-
-import bootleg_hf  # noqa: E402
+import bootleg_hf
 
 
 def main(out_dir: str) -> None:

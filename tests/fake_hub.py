@@ -435,7 +435,7 @@ def patch_hub_in_process(monkeypatch, fake_hub_url: str, hf_home) -> None:
     for module in (t_hub, dyn, sys.modules.get("transformers.utils")):
         if module is not None and hasattr(module, "HF_MODULES_CACHE"):
             monkeypatch.setattr(module, "HF_MODULES_CACHE", modules)
-    monkeypatch.syspath_prepend(modules)  # init_hf_modules() then skips its own (permanent) sys.path.append
+    monkeypatch.syspath_prepend(modules)  # init_hf_modules() then skips adding its own (permanent) import-path entry
 
 
 @pytest.fixture

@@ -1,21 +1,16 @@
-"""training/ablation.py: objective table, a tiny two-objective × two-seed ablation (report structure, per-run configs,
-same initial encoder per seed, mean ± std) and run-level resume."""
+"""The objective ablation (bootleg_hf.evaluation.ablation): objective table, a tiny two-objective × two-seed
+ablation (report structure, per-run configs, same initial encoder per seed, mean ± std) and run-level resume."""
 
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import needs_fmnist
 
-from bootleg_hf.data import FASHION_MNIST_DIR
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "training"))
-import ablation  # noqa: E402
-
-needs_fmnist = pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
-                                  reason="apt-get install dataset-fashion-mnist")
+import bootleg_hf
+from bootleg_hf.configuration_bootleg import default_targets
+from bootleg_hf.evaluation import ablation
+from bootleg_hf.evaluation.ablation import AblationSettings, run_ablation
 
 # A 2-block, width-32 encoder on 16 px images (4×4 grid, so a smaller minimum context), a run takes about a second.
 TINY = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
@@ -27,9 +22,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_objectives_are_depth_aware_and_distinct():
-    assert ablation.spaced_blocks(6) == "1:2:6"
-    assert ablation.spaced_blocks(12) == "1:4:12"
-    assert ablation.spaced_blocks(24) == "1:4:24"
+    assert default_targets(6) == "1:2:6"
+    assert default_targets(12) == "1:4:12"
+    assert default_targets(24) == "1:4:24"
     assert ablation.objective_settings("bootleg", 6) == {"targets": "1:2:6", "target_merge": "concat",
                                                          "mask_mode": "bootleg"}
     assert ablation.objective_settings("last", 6)["targets"] == "6"
@@ -46,7 +41,7 @@ def test_objectives_are_depth_aware_and_distinct():
     for depth in (2, 3, 6, 12, 24):  # every objective is a valid config at every depth
         for name in ablation.ALL_OBJECTIVES:
             s = ablation.objective_settings(name, depth)
-            ablation.bootleg_hf.BootlegConfig(num_hidden_layers=depth, **s).target_spec
+            bootleg_hf.BootlegConfig(num_hidden_layers=depth, **s).target_spec
     with pytest.raises(ValueError, match="unknown objective"):
         ablation.objective_settings("dino", 6)
 
@@ -55,9 +50,8 @@ def test_objectives_are_depth_aware_and_distinct():
 def test_tiny_ablation_report_and_resume(tmp_path):
     kwargs = dict(preset="vit-micro", objectives=["bootleg", "ijepa"], seeds=[0, 1], steps=2, batch_size=8,
                   probes=["patch", "xblk"], probe_epochs=1, probe_train=32, probe_test=16, probe_lrs=[1e-3],
-                  probe_wds=[0.05], include_random_init=True, out=tmp_path / "abl", pretrain_limit=64, overrides=TINY,
-                  analyze_images=8)
-    data = ablation.run_ablation(**kwargs)
+                  probe_wds=[0.05], include_random_init=True, pretrain_limit=64, overrides=TINY, analyze_images=8)
+    data = run_ablation(AblationSettings(**kwargs), out=tmp_path / "abl")
     names = ["bootleg-s0", "ijepa-s0", "bootleg-s1", "ijepa-s1", "random-init-s0", "random-init-s1"]
     assert data["ran"] == names and data["skipped"] == []
     assert data["depth"] == 2
@@ -123,7 +117,7 @@ def test_tiny_ablation_report_and_resume(tmp_path):
 
     # resume: finished runs are skipped; a run without its result is redone, reusing its finished pretraining
     (tmp_path / "abl" / "runs" / "ijepa-s1" / "result.json").unlink()
-    again = ablation.run_ablation(**kwargs)
+    again = run_ablation(AblationSettings(**kwargs), out=tmp_path / "abl")
     assert again["ran"] == ["ijepa-s1"] and len(again["skipped"]) == 5
     redone = next(r for r in again["runs"] if r["objective"] == "ijepa" and r["seed"] == 1)
     assert redone["pretrain"] == runs[("ijepa", 1)]["pretrain"]  # not retrained
@@ -132,4 +126,4 @@ def test_tiny_ablation_report_and_resume(tmp_path):
 
     # other settings in the same folder are refused instead of silently mixed
     with pytest.raises(ValueError, match="other settings"):
-        ablation.run_ablation(**{**kwargs, "steps": 3})
+        run_ablation(AblationSettings(**{**kwargs, "steps": 3}), out=tmp_path / "abl")

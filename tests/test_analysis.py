@@ -1,8 +1,7 @@
-"""Representational analysis (issue 9): linear CKA, inter-layer Pearson, spatial autocorrelation, `training/analyze.py`."""
+"""Representational analysis (issue 9): linear CKA, inter-layer Pearson, spatial autocorrelation, `analyze` and its
+command line."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -13,7 +12,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from bootleg_hf import BootlegForPretraining, BootlegModel
-from bootleg_hf.analysis import (
+from bootleg_hf.checkpoints import load_encoder
+from bootleg_hf.cli import analyze_main
+from bootleg_hf.evaluation.analysis import (
+    analyze,
     cka_matrix,
     collect_representations,
     grid_distances,
@@ -23,16 +25,6 @@ from bootleg_hf.analysis import (
     spatial_autocorrelation,
 )
 from bootleg_hf.data import write_image_folder
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("analyze_script", ROOT / "training" / "analyze.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def rng():
@@ -213,11 +205,10 @@ def synthetic_images(n: int, size: int = 40) -> list[Image.Image]:
 
 
 def test_analyze_smoke(tmp_path):
-    script = load_script()
     torch.manual_seed(0)
     model = BootlegModel(tiny_config(targets="1,2.mid,pixels"))
     ds = datasets.Dataset.from_dict({"image": synthetic_images(6)}, features=datasets.Features({"image": datasets.Image()}))
-    result = script.analyze(model, ds, num_images=6, out_dir=tmp_path)
+    result = analyze(model, ds, num_images=6, out_dir=tmp_path)
     for name in ("pearson.png", "cka.png", "targets.png", "spatial.png", "analysis.json"):
         assert (tmp_path / name).stat().st_size > 1000, name
     saved = json.loads((tmp_path / "analysis.json").read_text())
@@ -236,21 +227,19 @@ def test_analyze_smoke(tmp_path):
     assert all(v[0] == pytest.approx(1.0) for v in curves["layers"].values())
     assert result["cka"] == saved["cka"]
     # without the position-fixed part of each token the layers' spatial structure changes
-    content = script.analyze(model, ds, num_images=6, out_dir=tmp_path / "content", remove_position_mean=True,
-                             plots=False)
+    content = analyze(model, ds, num_images=6, out_dir=tmp_path / "content", remove_position_mean=True, plots=False)
     assert content["remove_position_mean"] and not (tmp_path / "content" / "cka.png").exists()
     assert content["spatial_autocorrelation"]["layers"]["embed"] != curves["layers"]["embed"]
 
 
 def test_cli_loads_teacher_or_student_and_rejects_foreign_folders(tmp_path):
-    script = load_script()
     torch.manual_seed(0)
     pre = BootlegForPretraining(tiny_config())
     with torch.no_grad():
         pre.student.blocks[0].attn.proj.bias.add_(0.5)
     pre.save_pretrained(tmp_path / "ckpt")
-    teacher = script.load_encoder(str(tmp_path / "ckpt"))
-    student = script.load_encoder(str(tmp_path / "ckpt"), encoder="student")
+    teacher = load_encoder(str(tmp_path / "ckpt"))
+    student = load_encoder(str(tmp_path / "ckpt"), "student")
     torch.testing.assert_close(teacher.blocks[0].attn.proj.bias, pre.teacher.blocks[0].attn.proj.bias)
     torch.testing.assert_close(student.blocks[0].attn.proj.bias, pre.student.blocks[0].attn.proj.bias)
     # a folder whose weights are not a Bootleg encoder's must not silently give a random model
@@ -259,15 +248,16 @@ def test_cli_loads_teacher_or_student_and_rejects_foreign_folders(tmp_path):
     save_file({f"other.{k}": v for k, v in weights.items()}, tmp_path / "foreign" / "model.safetensors",
               metadata={"format": "pt"})
     with pytest.raises(ValueError, match="lacks"):
-        script.load_encoder(str(tmp_path / "foreign"))
+        load_encoder(str(tmp_path / "foreign"))
     with pytest.raises(ValueError, match="random:<preset>"):
-        script.load_encoder("random:")
-    a, b = script.load_encoder("random:vit-micro:3"), script.load_encoder("random:vit-micro:3")
+        load_encoder("random:")
+    a, b = load_encoder("random:vit-micro:3"), load_encoder("random:vit-micro:3")
     torch.testing.assert_close(a.blocks[0].mlp.fc1.weight, b.blocks[0].mlp.fc1.weight)
 
     ds = datasets.Dataset.from_dict({"image": synthetic_images(4), "label": [0, 1, 0, 1]})
     folder = write_image_folder(ds, tmp_path / "images")
-    result = script.main(["--model", str(tmp_path / "ckpt"), "--dataset", str(folder), "--split", "train",
-                          "--num-images", "4", "--out", str(tmp_path / "out"), "--max-distance", "2"])
+    assert analyze_main(["--model", str(tmp_path / "ckpt"), "--dataset", str(folder), "--split", "train",
+                         "--num-images", "4", "--out", str(tmp_path / "out"), "--max-distance", "2"]) == 0
+    result = json.loads((tmp_path / "out" / "analysis.json").read_text())
     assert result["num_images"] == 4 and max(result["spatial_autocorrelation"]["distances"]) <= 2
     assert json.loads((tmp_path / "out" / "analysis.json").read_text())["model"] == str(tmp_path / "ckpt")

@@ -1,8 +1,7 @@
-"""Conversion (SPEC §8): official I-JEPA checkpoints → Bootleg; pretraining checkpoints → clean encoder folders,
-with trained probe / segmentation heads attached on request."""
+"""Conversion (docs/design.md §8): official I-JEPA checkpoints → Bootleg; pretraining checkpoints → clean encoder
+folders, with trained probe / segmentation heads attached on request."""
 
 import argparse
-import importlib.util
 import pickle
 from functools import partial
 from pathlib import Path
@@ -19,20 +18,13 @@ from transformers import AutoModel, AutoModelForImageClassification, AutoModelFo
 import bootleg_hf
 from bootleg_hf import BootlegForImageClassification, BootlegForPretraining, BootlegModel
 from bootleg_hf.conversion import KeyMismatchError, config_from_ijepa, ijepa_to_bootleg, load_ijepa_checkpoint
-from bootleg_hf.export import export_pretrained
+from bootleg_hf.checkpoints import export_pretrained
+from bootleg_hf.cli import convert_ijepa_main, export_main
 from bootleg_hf.modeling_bootleg_heads import build_segmentation_head
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)
 PREDICTOR_WIDTH, PREDICTOR_DEPTH = 16, 2
-
-
-def load_script(name: str):
-    """A `conversion/` script as a module, so its `main(argv)` runs in-process (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "conversion" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -100,8 +92,7 @@ def ijepa(tmp_path_factory):
 def test_ijepa_cli_conversion_matches_timm(ijepa, tmp_path, capsys, student):
     path, timm_student, timm_teacher = ijepa
     out = tmp_path / "converted"
-    load_script("convert_ijepa_to_bootleg").main(["--checkpoint", str(path), "--out", str(out),
-                                                  "--num-heads", "4"] + ["--student"] * student)
+    convert_ijepa_main(["--checkpoint", str(path), "--out", str(out), "--num-heads", "4"] + ["--student"] * student)
     assert "wrote BootlegModel" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     model = AutoModel.from_pretrained(out).eval()
@@ -124,8 +115,7 @@ def test_ijepa_cli_conversion_matches_timm(ijepa, tmp_path, capsys, student):
 def test_ijepa_predictor_maps_into_pretraining_model(ijepa, tmp_path, capsys):
     path, timm_student, timm_teacher = ijepa
     out = tmp_path / "pretraining"
-    load_script("convert_ijepa_to_bootleg").main(["--checkpoint", str(path), "--out", str(out), "--with-predictor",
-                                                 "--num-heads", "4"])
+    convert_ijepa_main(["--checkpoint", str(path), "--out", str(out), "--with-predictor", "--num-heads", "4"])
     printed = capsys.readouterr().out
     assert "predictor_pos_embed" in printed and "reg_token" in printed  # what did not map one-to-one is reported
     model = BootlegForPretraining.from_pretrained(out).eval()
@@ -229,7 +219,7 @@ def pretraining_checkpoint(tmp_path_factory):
 def test_export_pretrained_encoder(pretraining_checkpoint, tmp_path, student):
     folder, model = pretraining_checkpoint
     out = tmp_path / "encoder"
-    load_script("export_pretrained").main([str(folder), "--out", str(out)] + ["--student"] * student)
+    export_main([str(folder), "--out", str(out)] + ["--student"] * student)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     with safe_open(out / "model.safetensors", framework="pt") as f:
         assert not any(k.startswith(("student.", "predictor.", "bootleg.")) for k in f.keys())
@@ -255,13 +245,13 @@ def test_export_pretrained_with_trained_heads(pretraining_checkpoint, tmp_path):
     folder, model = pretraining_checkpoint
     config = model.config
     probe = randomize(bootleg_hf.build_probe("xblk", config, 3), 4)
-    # as training/probe.py writes its best heads: the head's state dict, the probe type in the metadata
+    # as the probes write their best heads: the head's state dict, the probe type in the metadata
     save_file({k: v.contiguous() for k, v in probe.state_dict().items()}, tmp_path / "xblk.safetensors",
               metadata={"probe_type": "xblk", "top1": "80.0"})
     (tmp_path / "labels.json").write_text('{"0": "shirt", "1": "shoe", "2": "bag"}')
-    out = load_script("export_pretrained").main([str(folder), "--out", str(tmp_path / "cls"), "--probe-head",
-                                                str(tmp_path / "xblk.safetensors"), "--labels",
-                                                str(tmp_path / "labels.json")])
+    out = tmp_path / "cls"
+    export_main([str(folder), "--out", str(out), "--probe-head", str(tmp_path / "xblk.safetensors"), "--labels",
+                 str(tmp_path / "labels.json")])
     classifier = AutoModelForImageClassification.from_pretrained(out).eval()
     assert type(classifier) is BootlegForImageClassification and classifier.config.probe_type == "xblk"
     assert classifier.config.id2label == {0: "shirt", 1: "shoe", 2: "bag"}
@@ -271,9 +261,9 @@ def test_export_pretrained_with_trained_heads(pretraining_checkpoint, tmp_path):
 
     head = randomize(build_segmentation_head("blk", config, 2), 5)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp_path / "blk.safetensors")
-    out = load_script("export_pretrained").main([str(folder), "--out", str(tmp_path / "seg"), "--student",
-                                                "--segmentation-head", str(tmp_path / "blk.safetensors"),
-                                                "--segmentation-type", "blk", "--labels", "background", "item"])
+    out = tmp_path / "seg"
+    export_main([str(folder), "--out", str(out), "--student", "--segmentation-head", str(tmp_path / "blk.safetensors"),
+                 "--segmentation-type", "blk", "--labels", "background", "item"])
     segmenter = AutoModelForSemanticSegmentation.from_pretrained(out).eval()
     assert segmenter.config.id2label == {0: "background", 1: "item"}
     with torch.no_grad():

@@ -1,6 +1,5 @@
 """The main job (`make demo`) at a tiny budget, and every README command that can run offline."""
 
-import importlib.util
 import json
 import re
 import shlex
@@ -10,18 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from bootleg_hf.demo import DemoSettings, run_demo
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "training" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_demo_smoke(tmp_path):
-    summary = load_script("demo").main(["--smoke", "--out", str(tmp_path)])
+    summary = run_demo(DemoSettings.smoke(out=tmp_path))
     for name in ("training.png", "masks.png", "probes.png", "segmentation.png", "summary.json", "summary.md"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert set(summary["scores"]) == {"bootleg", "random init"}
@@ -63,8 +57,9 @@ def runs_dir(tmp_path_factory):
 def test_readme_command_runs(command, runs_dir):
     """Each README command runs as written, with `runs/` redirected to a temporary folder."""
     command = command.replace("runs/", f"{runs_dir}/")
-    command = command.replace(".venv/bin/python", sys.executable)
-    command = command.replace(".venv/bin/torchrun", f"{sys.executable} -m torch.distributed.run --standalone")
+    bin_dir = Path(sys.executable).parent  # python, torchrun and the console commands
+    command = command.replace(".venv/bin/", f"{bin_dir}/")
+    command = command.replace(f"{bin_dir}/torchrun", f"{sys.executable} -m torch.distributed.run --standalone")
     result = subprocess.run(shlex.split(command), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
 

@@ -17,7 +17,7 @@ from huggingface_hub.errors import (
 from safetensors.torch import load_file
 from transformers import AutoModel, ViTConfig, ViTModel
 
-try:  # tests/ is on sys.path under pytest's default "prepend" import mode; tests.fake_hub if tests/ is a package
+try:  # tests/ is importable under pytest's default "prepend" import mode; tests.fake_hub if tests/ is a package
     from fake_hub import FakeHub, fake_hub, hub_env  # noqa: F401  (fake_hub is a fixture)
 except ImportError:  # pragma: no cover
     from tests.fake_hub import FakeHub, fake_hub, hub_env  # noqa: F401

@@ -1,5 +1,5 @@
-"""Task models (SPEC §7): BootlegForImageClassification / BootlegForSemanticSegmentation, Auto classes, pipelines,
-gradient accumulation, and attaching trained heads to an encoder."""
+"""Task models (docs/design.md §7): BootlegForImageClassification / BootlegForSemanticSegmentation, Auto classes,
+pipelines, gradient accumulation, and attaching trained heads to an encoder."""
 
 import numpy as np
 import pytest

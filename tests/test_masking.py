@@ -1,4 +1,4 @@
-"""Tests for bootleg_hf.masking (SPEC §5): properties of the samplers, not hard-coded outputs."""
+"""Tests for bootleg_hf.masking (docs/design.md §5): properties of the samplers, not hard-coded outputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The encoder (SPEC §3): timm parity, sin-cos, save/load, attention backends, student/teacher paths, errors."""
+"""The encoder (docs/design.md §3): timm parity, sin-cos, save/load, attention backends, student/teacher paths, errors."""
 
 import math
 
@@ -287,11 +287,9 @@ def test_feature_extraction_pipeline_from_folder(tmp_path, config):
 
 
 def test_timm_conversion_script_round_trip(tmp_path):
-    import importlib.util
+    from bootleg_hf.cli import convert_timm_main
+    from bootleg_hf.conversion import read_state_dict
 
-    spec = importlib.util.spec_from_file_location("convert_timm", "conversion/convert_timm_to_bootleg.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     ref = timm.models.vision_transformer.VisionTransformer(
         img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, reg_tokens=4, no_embed_class=True,
         num_classes=0).eval()
@@ -299,15 +297,15 @@ def test_timm_conversion_script_round_trip(tmp_path):
     from safetensors.torch import load_file, save_file
     save_file(ref.state_dict(), tmp_path / "timm.safetensors")
     torch.save(ref.state_dict(), tmp_path / "timm.pth")  # read back with weights_only=True
-    script.main(["--timm-arch", "vit_small_patch16_224", "--reg-tokens", "4", "--out", str(tmp_path / "small")])
+    convert_timm_main(["--timm-arch", "vit_small_patch16_224", "--reg-tokens", "4", "--out", str(tmp_path / "small")])
     loaded = AutoModel.from_pretrained(tmp_path / "small")
     assert loaded.config.hidden_size == 384 and loaded.config.num_register_tokens == 4
-    script.main(["--reverse", "--bootleg", str(tmp_path / "small"), "--out", str(tmp_path / "back.safetensors")])
+    convert_timm_main(["--reverse", "--bootleg", str(tmp_path / "small"), "--out", str(tmp_path / "back.safetensors")])
     back = load_file(tmp_path / "back.safetensors")
     assert set(back) >= {"pos_embed", "cls_token", "reg_token", "blocks.11.mlp.fc2.weight"}
     assert torch.equal(back["cls_token"], loaded.embeddings.cls_token.detach())
     for name in ("timm.pth", "timm.safetensors"):
-        loaded_sd = script.load_state_dict(str(tmp_path / name))
+        loaded_sd = read_state_dict(tmp_path / name)
         assert all(torch.equal(loaded_sd[k], v) for k, v in ref.state_dict().items())
 
 

@@ -1,4 +1,4 @@
-"""Pretraining (SPEC §4, §6): targets, loss, predictor, EMA, trainer schedules, exact resume, NaN stop, recipes."""
+"""Pretraining (docs/design.md §4, §6): targets, loss, predictor, EMA, trainer schedules, exact resume, NaN stop, recipes."""
 
 import json
 import math
@@ -85,7 +85,7 @@ def test_mse_loss_no_forward_gradient_equals_mse(dtype, tol):
 
 # ---- model --------------------------------------------------------------------------------------------------------
 def make_masks(config, batch_size: int, seed: int = 0):
-    return bootleg_hf.mask_generator_from_config(config).generate(batch_size, batch_index=seed)
+    return bootleg_hf.MaskGenerator.from_config(config).generate(batch_size, batch_index=seed)
 
 
 def test_predictor_rectangles_are_independent_sequences():
@@ -188,13 +188,13 @@ class SyntheticImages(torch.utils.data.Dataset):
         return {"pixel_values": self.images[i]}
 
 
-def make_trainer(tmp_path, max_steps, model=None, **overrides):
-    config = tiny_config(image_size=48)
+def make_trainer(tmp_path, max_steps, model=None, ema_start=0.99, ema_end=0.999, **overrides):
+    config = tiny_config(image_size=48, ema_start=ema_start, ema_end=ema_end)  # the EMA schedule is the config's
     torch.manual_seed(0)
     model = model or BootlegForPretraining(config)
     args = dict(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=8, lr_max=3e-3,
-                lr_init=1e-4, lr_final=1e-4, warmup_steps=3, scale_lr_by_batch=False, ema_start=0.99, ema_end=0.999,
-                logging_steps=5, save_strategy="no", report_to="none", seed=0, use_cpu=True, disable_tqdm=True,
+                lr_init=1e-4, lr_final=1e-4, warmup_steps=3, scale_lr_by_batch=False, logging_steps=5,
+                save_strategy="no", report_to="none", seed=0, use_cpu=True, disable_tqdm=True,
                 dataloader_drop_last=True)
     args = BootlegTrainingArguments(**{**args, **overrides})
     return BootlegTrainer(model=model, args=args, train_dataset=SyntheticImages(64))
@@ -296,15 +296,11 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_recipes_build_the_paper_sizes():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pretrain", REPO / "training" / "pretrain.py")
-    pretrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pretrain)
+    from bootleg_hf import recipes as pretrain
     expected = {"vit-small": (384, 12, 6, 192, 10, 1536), "vit-base": (768, 12, 12, 384, 10, 3072),
                 "vit-large": (1024, 24, 16, 512, 10, 7168), "vit-micro": (96, 6, 3, 48, 3, 384)}
     for name, (d, depth, heads, dp, pdepth, tdim) in expected.items():
-        recipe = pretrain.load_recipe(REPO / "training" / "recipes" / f"{name}.yaml")
+        recipe = pretrain.load_recipe(name)
         config = pretrain.build_config(recipe)
         assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (d, depth, heads)
         assert (config.predictor_hidden_size, config.predictor_num_hidden_layers) == (dp, pdepth)
@@ -312,16 +308,16 @@ def test_recipes_build_the_paper_sizes():
             model = BootlegForPretraining(config)
         assert model.predictor.head.out_features == tdim
         args = pretrain.build_training_args(recipe, "unused", num_images=1_281_167, use_cpu=True)
-        assert args.ema_start == (0.996 if name == "vit-micro" else 0.9985)
+        assert config.ema_start == (0.996 if name == "vit-micro" else 0.9985)
         if name != "vit-micro":
             assert args.per_device_train_batch_size == 2048 and args.lr_max == 3e-3 and args.num_train_epochs == 600
             assert args.warmup_steps == 105 * (1_281_167 // 2048)
-    small = pretrain.load_recipe(REPO / "training" / "recipes" / "vit-small.yaml",
+    small = pretrain.load_recipe(pretrain.RECIPE_DIR / "vit-small.yaml",
                                  ["training.lr_max=1e-3", "model.targets=1:2:12", "training.bf16=false"])
     assert small["training"]["lr_max"] == 1e-3 and small["training"]["bf16"] is False
     assert pretrain.build_config(small).targets == "1:2:12"  # not YAML 1.1's base-60 integer 4332
     with pytest.raises(ValueError, match="section.key=value"):
-        pretrain.load_recipe(REPO / "training" / "recipes" / "vit-small.yaml", ["lr_max=1"])
+        pretrain.load_recipe("vit-small", ["lr_max=1"])
 
 
 def test_two_process_cpu_run(tmp_path):
@@ -347,24 +343,22 @@ def test_two_process_cpu_run(tmp_path):
 
 
 def test_pretrain_script_on_a_folder_with_a_corrupt_image(tmp_path, caplog):
-    import importlib.util
-
+    from bootleg_hf.cli import pretrain_main
     from bootleg_hf.data import CorruptImageError, load_fashion_mnist, write_image_folder
+    from bootleg_hf.pretraining import PretrainSettings, run_pretraining
 
-    spec = importlib.util.spec_from_file_location("pretrain", REPO / "training" / "pretrain.py")
-    pretrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pretrain)
     folder = write_image_folder(load_fashion_mnist("train", limit=16), tmp_path / "images")  # 2 batches/epoch
     bad = next(folder.glob("*/*.png"))
     bad.write_bytes(b"this is not a png")
-    common = ["--recipe", str(REPO / "training" / "recipes" / "vit-micro.yaml"), "--dataset", str(folder),
-              "--batch-size", "8", "--max-steps", "3", "--set", "training.logging_steps=1",
-              "--set", "training.save_steps=1000"]
+    overrides = ["training.logging_steps=1", "training.save_steps=1000"]
     with pytest.raises(CorruptImageError, match=bad.name):
-        pretrain.main(common + ["--output-dir", str(tmp_path / "raise"), "--on-corrupt", "raise"])
+        pretrain_main(["--recipe", "vit-micro", "--dataset", str(folder), "--batch-size", "8", "--max-steps", "3",
+                       *sum((["--set", o] for o in overrides), []), "--output-dir", str(tmp_path / "raise"),
+                       "--on-corrupt", "raise"])
     caplog.clear()
     with caplog.at_level("WARNING"):
-        trainer = pretrain.main(common + ["--output-dir", str(tmp_path / "skip")])
+        trainer = run_pretraining(PretrainSettings(recipe="vit-micro", overrides=overrides, dataset=folder,
+                                                   batch_size=8, max_steps=3, output_dir=tmp_path / "skip"))
     assert bad.name in caplog.text
     assert trainer.state.global_step == 3
     encoder = bootleg_hf.BootlegModel.from_pretrained(tmp_path / "skip" / "encoder")

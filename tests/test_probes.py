@@ -1,4 +1,5 @@
-"""Frozen probes (SPEC §7): the four heads, the parallel lr × wd sweep, the schedule, and training/probe.py."""
+"""Frozen probes (docs/design.md §7): the four heads, the parallel lr × wd sweep, the schedule, and the probe
+command."""
 
 import copy
 import json
@@ -11,15 +12,11 @@ import torch
 import torch.nn.functional as F
 from conftest import needs_fmnist, tiny_config
 
-from bootleg_hf.probes import (
-    PROBE_GRID,
-    AttentiveProbe,
-    ProbeSweep,
-    build_probe,
-    make_scheduler,
-    param_groups,
-    warmup_cosine,
-)
+from transformers import get_cosine_schedule_with_warmup
+
+from bootleg_hf.evaluation.classification import PROBE_GRID, ProbeSweep
+from bootleg_hf.modeling_bootleg_heads import AttentiveProbe, build_probe
+from bootleg_hf.optim import param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("patch", "cls", "xattn", "xblk")
@@ -94,7 +91,7 @@ def test_build_probe_errors():
 
 
 def test_param_groups_skip_biases_norms_and_query():
-    groups = param_groups(build_probe("xblk", tiny_config(), 3), lr=1e-3, weight_decay=0.1)
+    groups = param_groups(build_probe("xblk", tiny_config(), 3), weight_decay=0.1, lr=1e-3)
     decayed = {id(p) for p in groups[0]["params"]}
     probe_params = dict(build_probe("xblk", tiny_config(), 3).named_parameters())
     assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
@@ -103,10 +100,16 @@ def test_param_groups_skip_biases_norms_and_query():
 
 
 def test_warmup_cosine():
-    values = [warmup_cosine(s, 4, 12) for s in range(13)]
-    assert values[:4] == [0.25, 0.5, 0.75, 1.0] and values[4] == 1.0
+    """The sweep's schedule: linear warm-up from 0 (the paper's protocol), then cosine to 0."""
+    sweep = ProbeSweep("patch", tiny_config(), 3, lrs=[1.0], wds=[0.0], total_steps=12, warmup_steps=4)
+    values = []
+    for _ in range(13):
+        values.append(sweep.optimizer.param_groups[0]["lr"])
+        sweep.optimizer.step()  # no gradients: only the order the scheduler expects
+        sweep.scheduler.step()
+    assert values[:4] == [0.0, 0.25, 0.5, 0.75] and values[4] == 1.0
     assert values[8] == pytest.approx(0.5) and values[12] == pytest.approx(0.0)
-    assert all(a >= b for a, b in zip(values[3:], values[4:]))
+    assert all(a >= b for a, b in zip(values[4:], values[5:]))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -120,8 +123,8 @@ def test_sweep_heads_train_exactly_as_alone(kind):
     j = sweep.grid.index((2e-3, 4e-3))
     alone = copy.deepcopy(sweep.heads[j])
     initial = copy.deepcopy(alone.state_dict())
-    optimizer = torch.optim.AdamW(param_groups(alone, 2e-3, 4e-3))
-    scheduler = make_scheduler(optimizer, warmup, steps)
+    optimizer = torch.optim.AdamW(param_groups(alone, 4e-3, 2e-3))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
     for step in range(steps):
         tokens = tokens_for(config, 8, seed=step)
         labels = torch.randint(0, 4, (8,), generator=torch.Generator().manual_seed(step))

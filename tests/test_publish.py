@@ -1,7 +1,8 @@
-"""Hub publishing (SPEC §8) against the in-process fake Hub: folder layout, model card, uploads, errors, remote code."""
+"""Hub publishing (docs/design.md §8) against the in-process fake Hub: folder layout, model card, uploads, errors,
+remote code."""
 
-import importlib.util
 import json
+import os
 import re
 import site
 import subprocess
@@ -20,16 +21,18 @@ from transformers import AutoModel, AutoModelForImageClassification, AutoModelFo
 
 import bootleg_hf
 from bootleg_hf import BootlegForImageClassification, BootlegForSemanticSegmentation, BootlegModel
-from bootleg_hf.export import save_inference_folder
+from bootleg_hf.checkpoints import save_model_folder
+from bootleg_hf.cli import convert_ijepa_main
+from bootleg_hf.cli import publish_main as publish_cli
 from bootleg_hf.publishing import AUTO_MAP, RemoteCodeError, remote_code_files
 
-try:  # tests/ is on sys.path under pytest's default "prepend" import mode; tests.fake_hub if tests/ is a package
+try:  # tests/ is importable under pytest's default "prepend" import mode; tests.fake_hub if tests/ is a package
     from fake_hub import HubError, fake_hub, hub_env  # noqa: F401  (fake_hub is a fixture)
 except ImportError:  # pragma: no cover
     from tests.fake_hub import HubError, fake_hub, hub_env  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_FILES = ["configuration_bootleg.py", "modeling_bootleg.py", "modeling_bootleg_heads.py", "probes.py", "targets.py"]
+CODE_FILES = ["configuration_bootleg.py", "modeling_bootleg.py", "modeling_bootleg_heads.py", "targets.py"]
 HUB_FILES = sorted(["README.md", "config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES])
 LABELS = ["shirt", "shoe", "bag"]
 PROBE_RESULTS = {  # training/probe.py's format (abridged)
@@ -41,16 +44,8 @@ SEGMENTATION_RESULTS = {  # the simple documented format
                      "results": {"knn": {"miou": 40.5}, "lin": 44.25}}}
 
 
-def load_script(name: str):
-    """A `conversion/` script as a module, so its `main(argv)` runs in-process (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "conversion" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def publish_main(argv: list) -> int:
-    return load_script("publish").main([str(a) for a in argv])
+    return publish_cli([str(a) for a in argv])
 
 
 def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -75,7 +70,7 @@ def task_folder(tmp_path: Path, kind: str) -> Path:
     else:
         model = perturbed(BootlegForSemanticSegmentation.from_encoder(encoder(), id2label=["background", "item"],
                                                                       segmentation_head="blk"), 2)
-    return save_inference_folder(model, tmp_path / kind)
+    return save_model_folder(model, tmp_path / kind)
 
 
 def example_image(path: Path) -> Path:
@@ -98,7 +93,7 @@ def test_hub_folder_layout_auto_map_and_model_card(tmp_path, capsys):
     rc = publish_main([source, "--repo-id", "user/tiny", "--out", out, "--dry-run", "--license", "cc-by-nc-4.0",
                        "--dataset", "zalando-datasets/fashion_mnist", "--base-model", "facebook/ijepa_vith14_1k",
                        "--probe-results", tmp_path / "results.json", "--probe-results", tmp_path / "seg.json",
-                       "--recipe", ROOT / "training/recipes/vit-micro.yaml"])
+                       "--recipe", "vit-micro"])
     assert rc == 0 and "nothing uploaded" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == HUB_FILES
 
@@ -237,8 +232,8 @@ def test_converted_ijepa_checkpoint_publishes_and_loads(fake_hub, tmp_path, monk
     original = perturbed(BootlegModel(config), 5)
     ijepa_layout = {f"module.{k}": v for k, v in bootleg_hf.bootleg_to_timm(original.state_dict(), config).items()}
     torch.save({"encoder": ijepa_layout, "target_encoder": ijepa_layout, "epoch": 300}, tmp_path / "ijepa.pth.tar")
-    load_script("convert_ijepa_to_bootleg").main(["--checkpoint", str(tmp_path / "ijepa.pth.tar"),
-                                                  "--out", str(tmp_path / "ijepa"), "--num-heads", "4"])
+    convert_ijepa_main(["--checkpoint", str(tmp_path / "ijepa.pth.tar"), "--out", str(tmp_path / "ijepa"),
+                        "--num-heads", "4"])
     assert publish_main([tmp_path / "ijepa", "--repo-id", "user/ijepa", "--license", "cc-by-nc-4.0", "--converted",
                          "--base-model", "facebook/ijepa_vith14_1k"]) == 0
 
@@ -258,7 +253,6 @@ def test_converted_ijepa_checkpoint_publishes_and_loads(fake_hub, tmp_path, monk
 
 CHILD = """
 import sys
-sys.path[:0] = {site!r}  # site-packages without .pth processing: the editable install of bootleg_hf stays out
 try:
     import bootleg_hf
 except ImportError:
@@ -291,12 +285,15 @@ def test_remote_code_loads_without_the_package(fake_hub, tmp_path):
     for name, folder in folders.items():
         assert publish_main([folder, "--repo-id", f"user/{name}"]) == 0
     save_file({"pixels": pixels()}, tmp_path / "in.safetensors")
-    code = CHILD.format(site=site.getsitepackages())
+    code = CHILD.format()
     image = example_image(tmp_path / "example.jpg")
-    run = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(tmp_path / "in.safetensors"),
+    # -S: site-packages come from PYTHONPATH without .pth processing, so the editable install of bootleg_hf stays out;
+    # one thread as in this process (tests run single-threaded), so the reduction order and the outputs are the same
+    env = {**hub_env(fake_hub.url, tmp_path / "child_home"), "PYTHONPATH": os.pathsep.join(site.getsitepackages()),
+           "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path / "in.safetensors"),
                           str(tmp_path / "out.safetensors"), str(image)],
-                         env=hub_env(fake_hub.url, tmp_path / "child_home"), cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     got = load_file(tmp_path / "out.safetensors")
     with torch.no_grad():

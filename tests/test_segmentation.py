@@ -1,4 +1,5 @@
-"""Segmentation probes (SPEC §7): mIoU, label blocks, the kNN probe, head training, and training/segment.py."""
+"""Segmentation probes (docs/design.md §7): mIoU, label blocks, the kNN probe, head training, `run_segmentation` and
+the segment command."""
 
 import json
 import subprocess
@@ -10,13 +11,15 @@ import torch
 from conftest import needs_fmnist, tiny_config
 
 from bootleg_hf.modeling_bootleg_heads import build_segmentation_head
-from bootleg_hf.segmentation import (
+from bootleg_hf.evaluation.segmentation import (
     KnnSegmenter,
+    SegmentationSettings,
     blocks_to_maps,
     knn_segmentation,
     miou,
     patch_label_blocks,
     predict_segmentation,
+    run_segmentation,
     train_segmentation_head,
 )
 
@@ -155,20 +158,17 @@ def test_run_segmentation_on_a_dataset_folder_with_image_and_mask_columns(tmp_pa
 
     from bootleg_hf.data import MOSAIC_LABELS, make_mosaic_segmentation
 
-    sys.path.insert(0, str(ROOT / "training"))
-    from segment import run_segmentation
-
     splits = {split: make_mosaic_segmentation(split, 12, seed).rename_columns({"image": "img", "mask": "seg"})
               for split, seed in (("train", 0), ("test", 1))}
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "data"))
-    results = run_segmentation("random:vit-micro", str(tmp_path / "data"), probes=("knn",), limit_train=None,
-                               limit_test=8, image_column="img", mask_column="seg", ignore_index=(0, 255))
+    results = run_segmentation("random:vit-micro", str(tmp_path / "data"), SegmentationSettings(
+        probes=("knn",), limit_train=None, limit_test=8, image_column="img", mask_column="seg", ignore_index=(0, 255)))
     assert results["num_train"] == 12 and results["num_test"] == 8 and results["ignore_index"] == [0, 255]
     assert results["num_labels"] == 11  # inferred: largest train label + 1
     assert 0 not in results["probes"]["knn"]["best"]["per_class_iou"]  # background is ignored: not a class here
     # a DatasetDict object works too, and class names can be given (the saved segmenter carries them)
-    results = run_segmentation("random:vit-micro", datasets.DatasetDict(splits), probes=("lin",), limit_train=None,
-                               limit_test=None, epochs=1, lrs=[1e-2], image_column="img", mask_column="seg",
-                               label_names=MOSAIC_LABELS, out=tmp_path / "out")
+    results = run_segmentation("random:vit-micro", datasets.DatasetDict(splits), SegmentationSettings(
+        probes=("lin",), limit_train=None, limit_test=None, epochs=1, lrs=[1e-2], image_column="img",
+        mask_column="seg", label_names=MOSAIC_LABELS), out=tmp_path / "out")
     config = json.loads((tmp_path / "out" / "segmenter" / "config.json").read_text())
     assert config["id2label"]["3"] == MOSAIC_LABELS[3] and results["num_labels"] == 11

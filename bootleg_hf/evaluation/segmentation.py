@@ -1,4 +1,5 @@
-"""Segmentation probes on frozen features (SPEC §7): CAPI-style kNN, Lin/Blk head training, mIoU.
+"""Segmentation probes on frozen features (docs/design.md §7): CAPI-style kNN, Lin/Blk head training, mIoU, and
+`run_segmentation`, the whole protocol on a dataset with image and mask columns (default: the Fashion-MNIST mosaics).
 
 Conventions shared by everything here: images are resized to R×R and label maps to R×R (nearest), the encoder's
 patch tokens form an `h × w` grid with `P×P` pixels per patch, and label maps use `ignore_index` (one value or several)
@@ -12,14 +13,30 @@ non-ignored pixels.
 
 from __future__ import annotations
 
+import io
+import os
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import datasets
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+from transformers import get_cosine_schedule_with_warmup
 
-from .modeling_bootleg import BootlegModel
-from .probes import make_scheduler, param_groups
+from ..checkpoints import load_encoder, save_model_folder
+from ..data import MOSAIC_LABELS, decode_image, make_mosaic_segmentation
+from ..image_processing_bootleg import make_image_processor
+from ..modeling_bootleg import BootlegModel
+from ..modeling_bootleg_heads import BootlegForSemanticSegmentation, build_segmentation_head
+from ..optim import adamw, param_groups
+from ..reports import write_report
+from .common import check_names, default_device, report_heading, select_subset
 
 KNN_KS = (1, 3, 10, 30)
 KNN_METRICS = ("cosine", "l2")
@@ -225,12 +242,14 @@ def train_segmentation_head(head: nn.Module, tokens: torch.Tensor, labels: torch
 
     `tokens [N, T, D]` and `labels [N, R, R]` (long) are computed once (no augmentation), so an epoch is just the
     head. Loss: logits upsampled bilinearly to R×R, cross-entropy skipping `ignore_index` (one label or several).
-    AdamW (no decay on biases, norms, class embeddings), per-step warm-up + cosine. Returns each epoch's mean loss.
+    AdamW (no decay on biases, norms, class embeddings), per-step linear warm-up from 0, then cosine to 0. Returns each
+    epoch's mean loss.
     """
     device = next(head.parameters()).device
-    optimizer = torch.optim.AdamW(param_groups(head, lr, weight_decay))
+    optimizer = adamw(param_groups(head, weight_decay), lr)
     steps_per_epoch = -(-len(tokens) // batch_size)
-    scheduler = make_scheduler(optimizer, round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(warmup_epochs * steps_per_epoch),
+                                                epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     ignored = torch.tensor(as_label_set(ignore_index), dtype=torch.long, device=labels.device)
     labels = torch.where(torch.isin(labels, ignored), -100, labels)  # cross-entropy takes a single ignore value
@@ -262,5 +281,199 @@ def predict_segmentation(head: nn.Module, tokens: torch.Tensor, grid: tuple[int,
     return torch.cat(out)
 
 
-__all__ = ["KNN_KS", "KNN_METRICS", "confusion_matrix", "segmentation_scores", "miou", "encode", "patch_label_blocks",
-           "blocks_to_maps", "KnnSegmenter", "knn_segmentation", "train_segmentation_head", "predict_segmentation"]
+
+# --------------------------------------------------------------------------------------------------------------------
+# The protocol on a dataset
+# --------------------------------------------------------------------------------------------------------------------
+
+SEGMENTATION_PROBES = ("knn", "lin", "blk")
+# Learning rates tried per head (the best is reported). On vit-micro, a Linear head on 96 normalised channels wants
+# 1e-2 or more, the transformer block of Blk 1e-3 (its accuracy collapses from 1e-2 on).
+HEAD_LRS = {"lin": (3e-3, 1e-2, 3e-2, 1e-1), "blk": (3e-4, 1e-3, 3e-3)}
+
+
+@dataclass
+class SegmentationSettings:
+    """What `run_segmentation` does: which probes; subset sizes (the mosaic task is generated with that many images,
+    default 1000 / 250); input size R (default: the encoder's; others interpolate the position embedding); Lin/Blk
+    training (epochs, batch, learning rates — default `HEAD_LRS` —, weight decay); kNN k's and metrics; labels
+    (`ignore_index` values are not scored; class names, else the mosaic's, else `"0"` … up to `num_labels`, default the
+    largest non-ignored train label + 1); dataset columns and test split; encoder weights; seed; device."""
+
+    probes: Sequence[str] = SEGMENTATION_PROBES
+    limit_train: int | None = 1000
+    limit_test: int | None = 250
+    image_size: int | None = None
+    epochs: int = 40
+    batch_size: int = 64
+    lrs: Sequence[float] | None = None
+    weight_decay: float = 1e-4
+    ks: Sequence[int] = KNN_KS
+    metrics: Sequence[str] = KNN_METRICS
+    ignore_index: Sequence[int] = (255,)
+    num_labels: int | None = None
+    label_names: Sequence[str] | None = None
+    test_split: str = "test"
+    image_column: str = "image"
+    mask_column: str = "mask"
+    weights: str = "teacher"
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        self.probes = check_names(self.probes, SEGMENTATION_PROBES, "segmentation probes")
+        self.ignore_index = [int(i) for i in self.ignore_index]
+
+
+def load_segmentation_split(dataset: str | datasets.DatasetDict, split: str, limit: int | None, seed: int,
+                            image_column: str, mask_column: str) -> datasets.Dataset:
+    """The mosaic task (`limit` images, default 1000), or a split of a dataset with image and mask columns (a
+    `DatasetDict`, a `save_to_disk` folder or a Hub name)."""
+    if isinstance(dataset, datasets.DatasetDict):
+        ds = dataset[split]
+    elif dataset == "mosaic":
+        return make_mosaic_segmentation(split, limit or 1000, seed)
+    elif os.path.isdir(dataset):
+        ds = datasets.load_from_disk(dataset)
+        ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+    else:
+        ds = datasets.load_dataset(dataset, split=split)
+    for column in (image_column, mask_column):
+        if column not in ds.column_names:
+            raise ValueError(f"{dataset}: no column '{column}' (columns: {ds.column_names})")
+    return select_subset(ds.select_columns([image_column, mask_column]), limit, seed)
+
+
+def decode_mask(value: Any) -> Image.Image:
+    """A label map (PIL image, path or `{"bytes", "path"}` dict) as a single-channel image; values are labels."""
+    if isinstance(value, dict):
+        value = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+    img = value if isinstance(value, Image.Image) else Image.open(value)
+    if img.mode not in ("L", "P", "I", "I;16"):
+        raise ValueError(f"segmentation masks must be single-channel label images, got mode {img.mode}")
+    return img
+
+
+def prepare(ds: datasets.Dataset, config, size: int, image_column: str,
+            mask_column: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pixel_values [N, 3, R, R]` through the model's image processor (as the pipeline sees images) and label maps
+    `[N, R, R]` resized with nearest neighbour. (transformers' BEiT PIL processor resizes segmentation maps with the
+    image's bicubic filter, which invents labels at class borders, so masks are resized here.)"""
+    processor = make_image_processor(config)
+    images = [decode_image(v) for v in ds[image_column]]
+    pixel_values = processor(images=images, size={"height": size, "width": size}, return_tensors="pt")["pixel_values"]
+    masks = [np.asarray(decode_mask(v).resize((size, size), Image.NEAREST)) for v in ds[mask_column]]
+    return pixel_values, torch.from_numpy(np.stack(masks)).long()
+
+
+def _percent(scores: dict) -> dict:
+    return {**scores, "miou": 100 * scores["miou"], "pixel_accuracy": 100 * scores["pixel_accuracy"]}
+
+
+def train_heads(kind: str, config, train_tokens: torch.Tensor, train_labels: torch.Tensor,
+                test_tokens: torch.Tensor, test_labels: torch.Tensor, num_labels: int, size: int,
+                s: SegmentationSettings, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
+    """One Lin or Blk head per learning rate on cached features, each scored on the test split; returns the results
+    (best and per learning rate) and the best head."""
+    grid = (size // config.patch_size,) * 2
+    by_lr, heads = {}, {}
+    for lr in s.lrs or HEAD_LRS[kind]:
+        torch.manual_seed(s.seed)
+        heads[lr] = build_segmentation_head(kind, config, num_labels).to(device)
+        history = train_segmentation_head(heads[lr], train_tokens, train_labels, grid, epochs=s.epochs,
+                                          batch_size=s.batch_size, lr=lr, weight_decay=s.weight_decay,
+                                          ignore_index=s.ignore_index, seed=s.seed)
+        pred = predict_segmentation(heads[lr], test_tokens, grid, (size, size))
+        by_lr[lr] = {**_percent(miou(pred, test_labels, num_labels, s.ignore_index)), "train_loss": history}
+    best_lr = max(by_lr, key=lambda lr: by_lr[lr]["miou"])
+    results = {"best": {"lr": best_lr, **by_lr[best_lr]}, "epochs": s.epochs, "weight_decay": s.weight_decay,
+               "by_lr": {f"{lr:g}": {k: r[k] for k in ("miou", "pixel_accuracy")} | {"final_loss": r["train_loss"][-1]}
+                         for lr, r in by_lr.items()}}
+    return results, heads[best_lr]
+
+
+def run_segmentation(model: str | BootlegModel, dataset: str | datasets.DatasetDict = "mosaic",
+                     settings: SegmentationSettings | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    """Score the segmentation probes on a frozen encoder (`model`: anything `load_encoder` takes) and return the
+    results: every kNN setting and each trained head with mIoU / pixel accuracy (in %), plus the best of each family.
+
+    With `out`, also writes `segment_results.json` / `.md` and the best Lin/Blk head as `segmenter/`, a
+    `BootlegForSemanticSegmentation` folder with processor that `pipeline("image-segmentation", model=...)` loads."""
+    s = settings or SegmentationSettings()
+    start = time.perf_counter()
+    device = torch.device(s.device) if s.device is not None else default_device()
+    encoder = load_encoder(model, s.weights).requires_grad_(False).to(device)
+    config = encoder.config
+    size = s.image_size or config.image_hw[0]
+    if size % config.patch_size:
+        raise ValueError(f"image size {size} is not a multiple of the patch size {config.patch_size}")
+    columns = (s.image_column, s.mask_column)
+    train = load_segmentation_split(dataset, "train", s.limit_train, s.seed, *columns)
+    test = load_segmentation_split(dataset, s.test_split, s.limit_test, s.seed + 1, *columns)
+    train_pixels, train_labels = prepare(train, config, size, *columns)
+    test_pixels, test_labels = prepare(test, config, size, *columns)
+    label_names = s.label_names
+    if label_names is None and isinstance(dataset, str) and dataset == "mosaic":
+        label_names = MOSAIC_LABELS
+    elif label_names is None:
+        valid = train_labels[~torch.isin(train_labels, torch.tensor(s.ignore_index))]
+        label_names = [str(i) for i in range(s.num_labels or int(valid.max()) + 1)]
+    label_names = list(label_names)
+    tick = time.perf_counter()
+    train_tokens, test_tokens = encode(encoder, train_pixels), encode(encoder, test_pixels)
+    timings = {"features_s": time.perf_counter() - tick}
+
+    results: dict[str, Any] = {
+        "model": model if isinstance(model, str) else type(model).__name__, "weights": s.weights,
+        "dataset": dataset if isinstance(dataset, str) else "custom", "num_train": len(train), "num_test": len(test),
+        "image_size": size, "num_labels": len(label_names), "ignore_index": s.ignore_index, "probes": {},
+    }
+    if "knn" in s.probes:
+        tick = time.perf_counter()
+        knn = knn_segmentation(train_tokens, train_labels, test_tokens, test_labels, len(label_names),
+                               config.patch_size, config.num_prefix_tokens, s.ks, s.metrics, s.ignore_index)
+        timings["knn_s"] = time.perf_counter() - tick
+        scored = {name: _percent(r) for name, r in knn.items()}
+        best = max(scored, key=lambda name: scored[name]["miou"])
+        results["probes"]["knn"] = {"best": {"setting": best, **scored[best]}, "settings": scored}
+    trained = {}
+    for kind in [p for p in s.probes if p in ("lin", "blk")]:
+        tick = time.perf_counter()
+        results["probes"][kind], trained[kind] = train_heads(kind, config, train_tokens, train_labels, test_tokens,
+                                                             test_labels, len(label_names), size, s, device)
+        timings[f"{kind}_s"] = time.perf_counter() - tick
+    timings["total_s"] = time.perf_counter() - start
+    results["wall_time_s"] = {k: round(v, 2) for k, v in timings.items()}
+
+    if out is not None:
+        if trained:
+            best_kind = max(trained, key=lambda k: results["probes"][k]["best"]["miou"])
+            segmenter = BootlegForSemanticSegmentation.from_encoder(
+                encoder, trained[best_kind].state_dict(), id2label=label_names, segmentation_head=best_kind,
+                image_size=size, semantic_loss_ignore_index=s.ignore_index[0] if s.ignore_index else 255)
+            save_model_folder(segmenter, Path(out) / "segmenter")
+            results["saved_head"] = best_kind
+        write_report(out, "segment_results", results, segment_markdown(results))
+    return results
+
+
+def segment_markdown(results: dict[str, Any]) -> str:
+    """Best mIoU per probe family, then every kNN setting."""
+    protocol = f"{results['num_labels']} classes, ignored labels {results['ignore_index']}"
+    lines = report_heading("Segmentation probes", results, protocol) + [
+        "| probe | mIoU % | pixel acc. % | setting |", "|---|---|---|---|"]
+    for kind, r in results["probes"].items():
+        b = r["best"]
+        setting = b["setting"] if kind == "knn" else f"lr {b['lr']:g}, wd {r['weight_decay']:g}, {r['epochs']} epochs"
+        lines.append(f"| {kind} | {b['miou']:.2f} | {b['pixel_accuracy']:.2f} | {setting} |")
+    if "knn" in results["probes"]:
+        lines += ["", "## kNN settings", "", "| setting | mIoU % | pixel acc. % |", "|---|---|---|"]
+        for name, r in results["probes"]["knn"]["settings"].items():
+            lines.append(f"| {name} | {r['miou']:.2f} | {r['pixel_accuracy']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["KNN_KS", "KNN_METRICS", "SEGMENTATION_PROBES", "HEAD_LRS", "confusion_matrix", "segmentation_scores",
+           "miou", "encode", "patch_label_blocks", "blocks_to_maps", "KnnSegmenter", "knn_segmentation",
+           "train_segmentation_head", "predict_segmentation", "SegmentationSettings", "run_segmentation",
+           "segment_markdown"]

@@ -1,4 +1,4 @@
-"""Pretraining checkpoint → clean inference folders (SPEC §8).
+"""Model folders: loading an encoder from any Bootleg folder, saving inference folders, exporting checkpoints.
 
 A `BootlegForPretraining` folder (the Trainer's output or one of its `checkpoint-N`) holds the teacher (`bootleg.*`),
 the student (`student.*`), the predictor and, in checkpoints, optimizer/RNG pickles. `export_pretrained` writes only
@@ -9,18 +9,21 @@ processor config — an encoder (`BootlegModel`), or with a trained probe / segm
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from transformers import BeitImageProcessorPil, PreTrainedModel
 
 from .configuration_bootleg import BootlegConfig
 from .conversion import KeyMismatchError, check_keys
 from .image_processing_bootleg import make_image_processor
 from .modeling_bootleg import BootlegModel
 from .modeling_bootleg_heads import BootlegForImageClassification, BootlegForSemanticSegmentation
+from .modeling_bootleg_pretraining import BootlegForPretraining
 
 ENCODER_PREFIXES = {"teacher": "bootleg.", "student": "student."}
 
@@ -45,30 +48,58 @@ def read_safetensors_folder(folder: str | os.PathLike, prefix: str = "") -> dict
     return out
 
 
-def load_encoder(checkpoint: str | os.PathLike, student: bool = False) -> BootlegModel:
-    """The teacher (default) or student encoder of a `BootlegForPretraining` folder as a `BootlegModel`; an encoder
-    folder (`BootlegModel`, e.g. a converted I-JEPA checkpoint) is loaded as it is."""
-    config = BootlegConfig.from_pretrained(checkpoint)
-    if config.architectures == ["BootlegModel"] and not student:
-        return BootlegModel.from_pretrained(checkpoint).eval()
-    if "BootlegForPretraining" not in (config.architectures or []):
-        raise ValueError(f"{checkpoint} is not a BootlegForPretraining folder (architectures={config.architectures})")
-    which = "student" if student else "teacher"
-    state = read_safetensors_folder(checkpoint, ENCODER_PREFIXES[which])
-    if not state:
-        raise KeyMismatchError(f"{checkpoint} holds no '{ENCODER_PREFIXES[which]}*' tensors (the {which} encoder)")
-    config.architectures = ["BootlegModel"]
-    model = BootlegModel(config)
-    check_keys(state, model.state_dict(), f"{which} encoder of {checkpoint} → BootlegModel")
-    model.load_state_dict(state)
+def random_encoder(spec: str) -> BootlegModel:
+    """`random:<preset>[:seed]` → a freshly initialised `BootlegModel` (seed 0 unless given): the baseline that every
+    trained encoder is compared with."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] != "random" or not parts[1]:
+        raise ValueError(f"expected random:<preset>[:seed], got {spec!r}")
+    torch.manual_seed(int(parts[2]) if len(parts) == 3 else 0)
+    return BootlegModel(BootlegConfig.from_preset(parts[1]))
+
+
+def load_encoder(source: str | os.PathLike | BootlegModel, weights: str = "teacher") -> BootlegModel:
+    """A Bootleg encoder in eval mode from `source`: a `BootlegModel` (returned as it is), `random:<preset>[:seed]`, or
+    a folder / Hub id of any Bootleg model.
+
+    From a `BootlegForPretraining` folder, `weights="teacher"` (default) gives the EMA teacher, the weights the paper
+    evaluates, and `"student"` the student; an encoder or task-model folder gives its encoder (`weights="teacher"`
+    only). Every encoder weight must come from the folder (`KeyMismatchError` otherwise), so a wrong folder never
+    silently yields a random encoder.
+    """
+    if weights not in ENCODER_PREFIXES:
+        raise ValueError(f"weights must be one of {sorted(ENCODER_PREFIXES)}, got {weights!r}")
+    if isinstance(source, BootlegModel):
+        return source.eval()
+    source = os.fspath(source)
+    if source.startswith("random:"):
+        return random_encoder(source).eval()
+    config = BootlegConfig.from_pretrained(source)
+    if weights == "student":
+        if "BootlegForPretraining" not in (config.architectures or []):
+            raise ValueError(f"{source} is not a BootlegForPretraining folder (architectures={config.architectures}): "
+                             "only pretraining checkpoints hold a student")
+        state = read_safetensors_folder(source, ENCODER_PREFIXES["student"])
+        config.architectures = ["BootlegModel"]
+        model = BootlegModel(config)
+        check_keys(state, model.state_dict(), f"student encoder of {source} → BootlegModel")
+        model.load_state_dict(state)
+        return model.eval()
+    model, info = BootlegModel.from_pretrained(source, output_loading_info=True)
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise KeyMismatchError(f"{source}: the folder lacks {len(missing)} encoder weights (e.g. {missing[:3]}); is it "
+                               "a Bootleg encoder, task-model or pretraining folder?")
     return model.eval()
 
 
-def save_inference_folder(model: torch.nn.Module, out: str | os.PathLike) -> Path:
-    """`save_pretrained` (safetensors) + the image processor config; returns the folder."""
+def save_model_folder(model: PreTrainedModel, out: str | os.PathLike,
+                      processor: BeitImageProcessorPil | None = None) -> Path:
+    """`save_pretrained` (safetensors) plus an image processor config (default: `make_image_processor`), so
+    `AutoModel…from_pretrained` and `pipeline(...)` load the folder directly; returns the folder."""
     out = Path(out)
     model.save_pretrained(out)
-    make_image_processor(model.config).save_pretrained(out)
+    (processor or make_image_processor(model.config)).save_pretrained(out)
     return out
 
 
@@ -95,10 +126,10 @@ def export_pretrained(checkpoint: str | os.PathLike, out: str | os.PathLike, stu
     """
     if probe_head is not None and segmentation_head is not None:
         raise ValueError("attach a probe head or a segmentation head, not both (one model per folder)")
-    encoder = load_encoder(checkpoint, student)
+    encoder = load_encoder(checkpoint, "student" if student else "teacher")
     head = probe_head if probe_head is not None else segmentation_head
     if head is None:
-        return save_inference_folder(encoder, out)
+        return save_model_folder(encoder, out)
     if labels is None:
         raise ValueError("a head needs its class names: pass labels (a list, a JSON or a text file)")
     with safe_open(head, framework="pt") as f:
@@ -114,4 +145,16 @@ def export_pretrained(checkpoint: str | os.PathLike, out: str | os.PathLike, stu
     target = getattr(model, model.head_name)
     check_keys(head_state, target.state_dict(), f"head {head} → {type(model).__name__}.{model.head_name}")
     target.load_state_dict(head_state)
-    return save_inference_folder(model.eval(), out)
+    return save_model_folder(model.eval(), out)
+
+
+def encoder_copy(model: BootlegForPretraining, weights: str = "teacher") -> BootlegModel:
+    """A standalone `BootlegModel` holding a copy of the teacher's (default) or the student's weights, with its own
+    config (saving it does not touch the pretraining model's config)."""
+    if weights not in ENCODER_PREFIXES:
+        raise ValueError(f"weights must be one of {sorted(ENCODER_PREFIXES)}, got {weights!r}")
+    config = copy.deepcopy(model.config)
+    config.architectures = ["BootlegModel"]
+    encoder = BootlegModel(config)
+    encoder.load_state_dict((model.student if weights == "student" else model.teacher).state_dict())
+    return encoder.eval()
