@@ -5,6 +5,9 @@ the student (`student.*`), the predictor and, in checkpoints, optimizer/RNG pick
 what inference needs: `config.json` (architectures = the exported class), `model.safetensors` and the image
 processor config — an encoder (`BootlegModel`), or with a trained probe / segmentation head attached a
 `BootlegForImageClassification` / `BootlegForSemanticSegmentation`. Weights are read from safetensors only.
+
+Nothing is lost on the way (docs/design.md §11): folders are written atomically (`replacing_folder`), a non-empty one
+is replaced only on request, never an input of the same command, and non-finite weights are never written.
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -93,14 +101,71 @@ def load_encoder(source: str | os.PathLike | BootlegModel, weights: str = "teach
     return model.eval()
 
 
-def save_model_folder(model: PreTrainedModel, out: str | os.PathLike,
-                      processor: BeitImageProcessorPil | None = None) -> Path:
+def check_finite(tensors: Iterable[tuple[str, torch.Tensor]], what: str, error: type[Exception] = ValueError) -> None:
+    """Raise `error` naming the first floating tensor of `(name, tensor)` pairs that holds a NaN or an infinity:
+    no save, export or publish writes such weights."""
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise error(f"{what}: tensor {name!r} holds non-finite values (NaN or inf); refusing to write it")
+
+
+def check_output(out: str | os.PathLike, overwrite: bool = False, inputs: Iterable[Any] = (),
+                 error: type[Exception] = ValueError) -> None:
+    """Refuse an output folder whose writing would destroy data: one that is, contains or lies inside a local
+    `inputs` path (always), an existing file, or a non-empty folder unless `overwrite`."""
+    target = Path(out).resolve()
+    for source in inputs:  # Hub ids, `random:…` specs and in-memory models are no local paths
+        if isinstance(source, (str, os.PathLike)) and Path(source).exists():
+            resolved = Path(source).resolve()
+            if target.is_relative_to(resolved) or resolved.is_relative_to(target):
+                raise error(f"the output {out} and the input {source} overlap (one is or lies inside the other): "
+                            "writing the output would alter or delete the input; choose another output folder")
+    if target.exists() and not target.is_dir():
+        raise error(f"{out} exists and is not a folder")
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise error(f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)")
+
+
+@contextmanager
+def replacing_folder(out: str | os.PathLike, overwrite: bool = False,
+                     error: type[Exception] = ValueError) -> Iterator[Path]:
+    """Write the folder `out` atomically: yields a new empty sibling folder to write into, which takes `out`'s place
+    by renames once the block succeeds (a replaced folder is deleted only then) and is deleted if it fails, so a crash
+    never leaves a half-written `out`. Refuses what `check_output` refuses."""
+    out = Path(out).resolve()  # a real name and parent even for "." or "x/.."
+    check_output(out, overwrite, error=error)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build = out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    old = build.with_suffix(".old")
+    build.mkdir()
+    try:
+        yield build
+        if out.exists():
+            out.rename(old)
+        try:
+            build.rename(out)
+        except OSError:
+            if old.exists():
+                old.rename(out)
+            raise
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model_folder(model: PreTrainedModel, out: str | os.PathLike, processor: BeitImageProcessorPil | None = None,
+                      *, overwrite: bool = False) -> Path:
     """`save_pretrained` (safetensors) plus an image processor config (default: `make_image_processor`), so
-    `AutoModel…from_pretrained` and `pipeline(...)` load the folder directly; returns the folder."""
-    out = Path(out)
-    model.save_pretrained(out)
-    (processor or make_image_processor(model.config)).save_pretrained(out)
-    return out
+    `AutoModel…from_pretrained` and `pipeline(...)` load the folder directly; returns the folder.
+
+    Written atomically (`replacing_folder`): a non-empty `out` is replaced only with `overwrite=True`. A model with a
+    non-finite tensor is refused (`ValueError` naming it) before anything is written.
+    """
+    check_finite(model.state_dict().items(), f"{type(model).__name__} not saved to {out}")
+    with replacing_folder(out, overwrite) as build:
+        model.save_pretrained(build)
+        (processor or make_image_processor(model.config)).save_pretrained(build)
+    return Path(out)
 
 
 def read_labels(labels: str | os.PathLike | list[str]) -> list[str]:
@@ -118,18 +183,21 @@ def read_labels(labels: str | os.PathLike | list[str]) -> list[str]:
 def export_pretrained(checkpoint: str | os.PathLike, out: str | os.PathLike, student: bool = False,
                       probe_head: str | os.PathLike | None = None, probe_type: str | None = None,
                       segmentation_head: str | os.PathLike | None = None, segmentation_type: str | None = None,
-                      labels: str | os.PathLike | list[str] | None = None) -> Path:
+                      labels: str | os.PathLike | list[str] | None = None, overwrite: bool = False) -> Path:
     """Pretraining (or encoder) folder → inference folder: the encoder (teacher weights unless `student`), or with a
     trained head (a safetensors state dict of the head module) a classification (`probe_head`, `probe_type`: default
     the head file's `probe_type` metadata, else the config's) or segmentation (`segmentation_head`,
     `segmentation_type`) model with the class names `labels`.
+
+    `out` may not overlap any input; a non-empty `out` is replaced only with `overwrite=True` (`check_output`).
     """
     if probe_head is not None and segmentation_head is not None:
         raise ValueError("attach a probe head or a segmentation head, not both (one model per folder)")
+    check_output(out, overwrite, [checkpoint, probe_head, segmentation_head, labels])
     encoder = load_encoder(checkpoint, "student" if student else "teacher")
     head = probe_head if probe_head is not None else segmentation_head
     if head is None:
-        return save_model_folder(encoder, out)
+        return save_model_folder(encoder, out, overwrite=overwrite)
     if labels is None:
         raise ValueError("a head needs its class names: pass labels (a list, a JSON or a text file)")
     with safe_open(head, framework="pt") as f:
@@ -145,7 +213,7 @@ def export_pretrained(checkpoint: str | os.PathLike, out: str | os.PathLike, stu
     target = getattr(model, model.head_name)
     check_keys(head_state, target.state_dict(), f"head {head} → {type(model).__name__}.{model.head_name}")
     target.load_state_dict(head_state)
-    return save_model_folder(model.eval(), out)
+    return save_model_folder(model.eval(), out, overwrite=overwrite)
 
 
 def encoder_copy(model: BootlegForPretraining, weights: str = "teacher") -> BootlegModel:

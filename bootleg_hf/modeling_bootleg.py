@@ -48,6 +48,11 @@ def sincos_position_embedding(dim: int, grid_h: int, grid_w: int) -> torch.Tenso
     return torch.cat([half(cols), half(rows)], dim=1).float()
 
 
+def is_tracing() -> bool:
+    """True while torch.compile (dynamo) or torch.export traces the code, where tensor values cannot be read."""
+    return torch.compiler.is_compiling() or getattr(torch.compiler, "is_exporting", lambda: False)()  # old torch
+
+
 def check_indices(indices: torch.Tensor | Sequence, batch_size: int, num_patches: int, name: str) -> torch.Tensor:
     """Validate patch indices `[B, K]` (raster order, 0 ≤ i < N) and return them as a long tensor."""
     if not isinstance(indices, torch.Tensor):
@@ -61,7 +66,8 @@ def check_indices(indices: torch.Tensor | Sequence, batch_size: int, num_patches
                          f"{tuple(indices.shape)}")
     if indices.shape[0] != batch_size:
         raise ValueError(f"{name} has {indices.shape[0]} rows but the batch has {batch_size} images")
-    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_patches):
+    # the range check reads tensor values: eager calls only (it would break a torch.compile / torch.export graph)
+    if indices.numel() and not is_tracing() and (int(indices.min()) < 0 or int(indices.max()) >= num_patches):
         raise ValueError(f"{name} must lie in [0, {num_patches}) for this {num_patches}-patch grid, got values in "
                          f"[{int(indices.min())}, {int(indices.max())}]")
     return indices.long()
@@ -117,6 +123,12 @@ class BootlegEmbeddings(nn.Module):
         # Non-persistent: regenerated analytically, so it is never stale in a checkpoint (and is refilled by
         # `_init_weights` after transformers' meta-device loading).
         self.register_buffer("pos_embed", sincos_position_embedding(d, *config.grid_size)[None], persistent=False)
+
+    def init_bootleg_weights(self, std: float) -> None:
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                init.trunc_normal_(token, std=std)
+        init.copy_(self.pos_embed, sincos_position_embedding(self.config.hidden_size, *self.config.grid_size)[None])
 
     def position_embedding(self, grid_h: int, grid_w: int, dtype: torch.dtype) -> torch.Tensor:
         if (grid_h, grid_w) == tuple(self.config.grid_size):
@@ -214,11 +226,47 @@ class BootlegBlock(GradientCheckpointingLayer):
         self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.mlp = BootlegMlp(config, d, int(d * config.intermediate_size / config.hidden_size))
 
+    def __call__(self, x: torch.Tensor, output_attentions: bool = False) -> BlockOutput:
+        out = super().__call__(x, output_attentions)
+        # reentrant activation checkpointing (`use_reentrant=True`) hands the outputs back as a plain tuple
+        return out if isinstance(out, BlockOutput) else BlockOutput(*out)
+
     def forward(self, x: torch.Tensor, output_attentions: bool = False) -> BlockOutput:
+        """`x [B, N, D]` → `BlockOutput` of `[B, N, D]` tensors (and the attention weights on request)."""
         attn, weights = self.attn(self.norm1(x), output_attentions)
         mid = x + attn
         mlp = self.mlp(self.norm2(mid))
         return BlockOutput(mid + mlp, attn, mid, mlp, weights)
+
+
+NORMS = (nn.LayerNorm, nn.modules.batchnorm._NormBase)  # _NormBase: every BatchNorm / InstanceNorm
+
+
+def init_module_weights(module: nn.Module, std: float) -> None:
+    """Initialise the tensors `module` owns itself (not its children's), as every Bootleg model does: trunc-normal
+    Linear weights, Xavier patch embedding, zero biases, norms (1, 0) with BatchNorm's running statistics reset,
+    then the module's own `init_bootleg_weights(std)` (learned tokens, sin-cos buffers, head matrices).
+
+    Only `transformers.initialization` functions are used, so loaded tensors are left alone. Buffers must be covered
+    too: meta-device loading leaves every buffer it does not load uninitialised (docs/design.md §3).
+    """
+    if isinstance(module, nn.Conv2d):
+        # MAE's patch-embedding init: Xavier-uniform of the flattened [D, C·P·P] kernel. With trunc-normal(0.02)
+        # a small patch (e.g. 4×4×3 inputs) gives content ~5× weaker than the unit-amplitude sin-cos, and the
+        # z-scored targets are then ~90 % position at init.
+        fan_in, fan_out = module.weight[0].numel(), module.weight.shape[0]
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        init.uniform_(module.weight, -bound, bound)
+    elif isinstance(module, nn.Linear):
+        init.trunc_normal_(module.weight, std=std)
+    elif isinstance(module, NORMS):  # affine parameters and BatchNorm statistics are each optional
+        for name, value in (("weight", 1), ("running_mean", 0), ("running_var", 1), ("num_batches_tracked", 0)):
+            if getattr(module, name, None) is not None:
+                init.constant_(getattr(module, name), value)
+    if isinstance(module, (nn.Conv2d, nn.Linear, *NORMS)) and module.bias is not None:
+        init.zeros_(module.bias)
+    if hasattr(module, "init_bootleg_weights"):  # heads, embeddings and predictor own their special tensors
+        module.init_bootleg_weights(std)
 
 
 class BootlegPreTrainedModel(PreTrainedModel):
@@ -234,33 +282,8 @@ class BootlegPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        # transformers v5 runs this per leaf-owning module, skipping loaded tensors (init.* are no-ops on them).
-        std = self.config.initializer_range
-        if isinstance(module, nn.Conv2d):
-            # MAE's patch-embedding init: Xavier-uniform of the flattened [D, C·P·P] kernel. With trunc-normal(0.02)
-            # a small patch (e.g. 4×4×3 inputs) gives content ~5× weaker than the unit-amplitude sin-cos, and the
-            # z-scored targets are then ~90 % position at init.
-            fan_in, fan_out = module.weight[0].numel(), module.weight.shape[0]
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            init.uniform_(module.weight, -bound, bound)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            if module.weight is not None:
-                init.ones_(module.weight)
-                init.zeros_(module.bias)
-        elif isinstance(module, BootlegEmbeddings):
-            for token in (module.cls_token, module.reg_token):
-                if token is not None:
-                    init.trunc_normal_(token, std=std)
-            init.copy_(module.pos_embed, sincos_position_embedding(module.config.hidden_size,
-                                                                   *module.config.grid_size)[None])
-        elif hasattr(module, "init_bootleg_weights"):  # heads/predictor own their special tensors
-            module.init_bootleg_weights(std)
+        # transformers v5 runs this per module owning tensors, skipping loaded ones (init.* are no-ops on them)
+        init_module_weights(module, self.config.initializer_range)
 
 
 def output_flags_from_config(forward: Callable) -> Callable:

@@ -37,23 +37,14 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_bootleg import PROBE_TYPES, SEGMENTATION_HEADS, BootlegConfig
-from .modeling_bootleg import BootlegBlock, BootlegMlp, BootlegModel, BootlegPreTrainedModel
+from .modeling_bootleg import BootlegBlock, BootlegMlp, BootlegModel, BootlegPreTrainedModel, init_module_weights
 
 
 def init_probe_weights(module: nn.Module, std: float) -> nn.Module:
-    """Initialise a head exactly as `BootlegPreTrainedModel._init_weights` does (trunc-normal Linear weights, zero
-    biases, LayerNorm (1, 0), then each module's `init_bootleg_weights`), so a head built alone matches one built
-    inside a model."""
+    """Initialise a head exactly as `BootlegPreTrainedModel._init_weights` does (`init_module_weights` on each of
+    its modules), so a head built alone matches one built inside a model."""
     for m in module.modules():
-        if isinstance(m, nn.Linear):
-            init.trunc_normal_(m.weight, std=std)
-            if m.bias is not None:
-                init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm) and m.weight is not None:
-            init.ones_(m.weight)
-            init.zeros_(m.bias)
-        elif hasattr(m, "init_bootleg_weights"):
-            m.init_bootleg_weights(std)
+        init_module_weights(m, std)
     return module
 
 
@@ -80,12 +71,6 @@ class PatchProbe(Probe):
         self.norm = nn.BatchNorm1d(config.hidden_size, affine=False)
         self.classifier = nn.Linear(config.hidden_size, num_labels)
         init_probe_weights(self, config.initializer_range)
-
-    def init_bootleg_weights(self, std: float) -> None:
-        # running statistics are buffers `_init_weights` does not know; meta-device loading leaves them as garbage
-        init.zeros_(self.norm.running_mean)
-        init.ones_(self.norm.running_var)
-        init.zeros_(self.norm.num_batches_tracked)
 
     def shared_features(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, self.num_prefix_tokens:].mean(1)

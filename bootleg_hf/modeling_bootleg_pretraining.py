@@ -140,10 +140,12 @@ class BootlegForPretraining(BootlegPreTrainedModel):
         return self
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> "BootlegForPretraining":
-        model = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, *args, **kwargs) -> "BootlegForPretraining | tuple[BootlegForPretraining, dict]":
+        """`PreTrainedModel.from_pretrained`, with the teacher frozen; `(model, info)` with `output_loading_info`."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
         model.teacher.requires_grad_(False)  # loading re-creates parameters with requires_grad=True
-        return model
+        return loaded
 
     @classmethod
     def from_encoder(cls, encoder: BootlegModel, **config_overrides) -> "BootlegForPretraining":
@@ -228,12 +230,22 @@ class BootlegForPretraining(BootlegPreTrainedModel):
 
     def check_indices(self, pixel_values: torch.Tensor, context_indices: torch.Tensor,
                       target_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validated `context_indices [B, K]` and `target_indices [B, R, T]` as long tensors on the images' device."""
+        """Validated `context_indices [B, K]` and `target_indices [B, R, T]` as long tensors on the images' device.
+
+        Every dimension must be non-empty: an empty batch, no context token or no target has no loss."""
         n = self.config.num_patches
+        if pixel_values.shape[0] == 0:
+            raise ValueError("empty batch: pixel_values holds no image (a pretraining step needs at least one)")
         context_indices = check_indices(context_indices, pixel_values.shape[0], n, "context_indices")
         target_indices = torch.as_tensor(target_indices)
         if target_indices.ndim != 3:
             raise ValueError(f"target_indices must be [batch, rectangles, tokens], got {tuple(target_indices.shape)}")
+        sizes = {"context tokens K of context_indices [batch, K]": context_indices.shape[1],
+                 "rectangles R of target_indices [batch, R, T]": target_indices.shape[1],
+                 "tokens per rectangle T of target_indices [batch, R, T]": target_indices.shape[2]}
+        empty = [name for name, size in sizes.items() if size == 0]
+        if empty:
+            raise ValueError(f"no {' and no '.join(empty)}: the student needs context and the predictor targets")
         check_indices(target_indices.flatten(1), pixel_values.shape[0], n, "target_indices")
         return context_indices.to(pixel_values.device), target_indices.long().to(pixel_values.device)
 

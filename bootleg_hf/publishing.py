@@ -14,15 +14,19 @@ import ast
 import json
 import math
 import os
+import re
 import shutil
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import CommitInfo, EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
 
+from .checkpoints import check_finite, check_output, replacing_folder
 from .configuration_bootleg import BootlegConfig
 from .data import FASHION_MNIST_HUB_ID
 from .image_processing_bootleg import make_image_processor
@@ -47,6 +51,8 @@ DATASET_ALIASES = {"fashion-mnist": ("Fashion-MNIST", FASHION_MNIST_HUB_ID),
                    "fashion_mnist": ("Fashion-MNIST", FASHION_MNIST_HUB_ID)}
 # What remote code may import besides the standard library: what loading a transformers model needs anyway.
 REMOTE_CODE_PACKAGES = {"torch", "transformers", "huggingface_hub", "safetensors", "numpy", "PIL"}
+REPO_ID_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"  # the Hub's rule for a user, org or repo name
+REPO_ID = re.compile(rf"{REPO_ID_PART}/{REPO_ID_PART}")
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".tar", ".npy", ".npz"}
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json")
 CLASSIFICATION_PROBES = {
@@ -68,6 +74,20 @@ class RemoteCodeError(RuntimeError):
 
 class PublishError(RuntimeError):
     """Building or uploading the Hub folder failed; nothing may be reported as published."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is a valid Hub model id `namespace/name`, else `PublishError` saying why: each part 1–96
+    ASCII letters, digits, `.`, `_` or `-`, neither starting nor ending with `.` or `-`, without `--` or `..`, the
+    name not ending in `.git` (`huggingface_hub.utils.validate_repo_id`, which also accepts a bare name and
+    non-ASCII letters, plus those two rules)."""
+    try:
+        validate_repo_id(repo_id)
+        if not REPO_ID.fullmatch(repo_id):
+            raise HFValidationError("expected namespace/name, each part of ASCII letters, digits, '.', '_' or '-'")
+    except HFValidationError as err:
+        raise PublishError(f"invalid Hub repo id {repo_id!r}: {err}") from None
+    return repo_id
 
 
 # --------------------------------------------------------------------------------------------- remote code
@@ -235,15 +255,27 @@ def check_no_pickles(folder: Path) -> None:
         raise PublishError(f"{folder} contains pickle-based files {bad}; publish safetensors only")
 
 
+def safetensors_items(paths: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """`("file:name", tensor)` for every tensor of the safetensors files `paths`, read one at a time."""
+    for path in paths:
+        with safe_open(path, framework="pt") as f:
+            for key in f.keys():
+                yield f"{path.name}:{key}", f.get_tensor(key)
+
+
 def build_hub_folder(source: str | os.PathLike, out: str | os.PathLike, repo_id: str, *, overwrite: bool = False,
                      **card_kwargs: Any) -> Path:
     """Write the Hub folder for `source` (a `BootlegModel`, `BootlegForImageClassification` or
     `BootlegForSemanticSegmentation` folder from `save_pretrained`) into `out` and return it.
 
     Only safetensors weights, `config.json` and the processor config are taken from `source` (pickles such as
-    `pytorch_model.bin` or `training_args.bin` are left behind); `card_kwargs` go to `render_card`.
+    `pytorch_model.bin` or `training_args.bin` are left behind); `card_kwargs` go to `render_card`. Refused with
+    `PublishError`: an invalid `repo_id`, an `out` that overlaps `source` or is non-empty without `overwrite`,
+    non-finite weights.
     """
     source, out = Path(source), Path(out)
+    check_repo_id(repo_id)
+    check_output(out, overwrite, [source], PublishError)  # before anything is read or written
     raw = json.loads((source / "config.json").read_text())
     arch = (raw.get("architectures") or ["?"])[0]
     if arch not in KINDS:
@@ -253,15 +285,10 @@ def build_hub_folder(source: str | os.PathLike, out: str | os.PathLike, repo_id:
     weights = sorted({p for pattern in WEIGHT_FILES for p in source.glob(pattern)})
     if not any(p.suffix == ".safetensors" for p in weights):
         raise PublishError(f"{source} has no safetensors weights; re-save it with save_pretrained()")
+    check_finite(safetensors_items(p for p in weights if p.suffix == ".safetensors"), f"{source} not published",
+                 PublishError)
     code_files = remote_code_files({v.split(".")[0] for v in AUTO_MAP.values()})  # before anything is written
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PublishError(f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)")
-    # Built in a temporary sibling folder and moved into place at the end: a failure leaves no partial folder.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir()
-    try:
+    with replacing_folder(out, overwrite, PublishError) as build:  # a failure leaves no partial folder
         for path in weights:
             shutil.copy2(path, build / path.name)
         raw["auto_map"] = dict(AUTO_MAP)
@@ -275,11 +302,6 @@ def build_hub_folder(source: str | os.PathLike, out: str | os.PathLike, repo_id:
             make_image_processor(config).save_pretrained(build)
         render_card(build, config, KINDS[arch], repo_id, **card_kwargs).save(build / "README.md")
         check_no_pickles(build)
-        if out.exists():
-            shutil.rmtree(out)
-        build.rename(out)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
     return out
 
 
@@ -292,6 +314,7 @@ def upload(folder: str | os.PathLike, repo_id: str, *, token: str | None = None,
     The model card's metadata is validated by the Hub first, as `push_to_hub` does, so a bad card uploads nothing.
     """
     folder = Path(folder)
+    check_repo_id(repo_id)
     check_no_pickles(folder)
     token = token or get_token()
     if not token:

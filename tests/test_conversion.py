@@ -3,6 +3,7 @@ folders, with trained probe / segmentation heads attached on request."""
 
 import argparse
 import pickle
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from transformers import AutoModel, AutoModelForImageClassification, AutoModelFo
 import bootleg_hf
 from bootleg_hf import BootlegForImageClassification, BootlegForPretraining, BootlegModel
 from bootleg_hf.conversion import KeyMismatchError, config_from_ijepa, ijepa_to_bootleg, load_ijepa_checkpoint
-from bootleg_hf.checkpoints import export_pretrained
+from bootleg_hf.checkpoints import export_pretrained, save_model_folder
 from bootleg_hf.cli import convert_ijepa_main, export_main
 from bootleg_hf.modeling_bootleg_heads import build_segmentation_head
 
@@ -273,3 +274,72 @@ def test_export_pretrained_with_trained_heads(pretraining_checkpoint, tmp_path):
     with pytest.raises(KeyMismatchError, match="unexpected: mlp.fc1.weight"):  # an X-Blk head is not a patch probe
         export_pretrained(folder, tmp_path / "bad", probe_head=tmp_path / "xblk.safetensors",
                                             probe_type="xattn", labels=["a", "b", "c"])
+
+
+# ------------------------------------------------------------------------------------------------ data-loss guards
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "parent"])
+def test_export_refuses_an_output_that_overlaps_its_input(pretraining_checkpoint, tmp_path, where):
+    source = tmp_path / "run" / "checkpoint-3"
+    shutil.copytree(pretraining_checkpoint[0], source)
+    before = snapshot(tmp_path)
+    out = {"same": source, "inside": source / "encoder", "parent": source.parent}[where]
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match="overlap") as err:
+            export_pretrained(source, out, overwrite=overwrite)
+        assert str(source) in str(err.value) and str(out) in str(err.value)
+    assert snapshot(tmp_path) == before  # the student and predictor survive
+
+
+def test_export_replaces_a_non_empty_output_only_with_overwrite(pretraining_checkpoint, tmp_path):
+    folder = pretraining_checkpoint[0]
+    out = tmp_path / "encoder"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        export_pretrained(folder, out)
+    assert snapshot(out) == {"notes.txt": b"mine"}
+    export_pretrained(folder, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    # a head file in the output folder is an input: never replaced, even with overwrite
+    save_file({"w": torch.zeros(1)}, out / "head.safetensors")
+    with pytest.raises(ValueError, match="overlap"):
+        export_pretrained(folder, out, probe_head=out / "head.safetensors", labels=["a"], overwrite=True)
+    assert (out / "head.safetensors").is_file()
+
+
+def test_save_model_folder_is_atomic_and_refuses_non_finite_weights(tmp_path, monkeypatch):
+    model = BootlegModel(tiny_config())
+    out = tmp_path / "encoder"
+    with torch.no_grad():
+        model.blocks[1].mlp.fc2.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="'blocks.1.mlp.fc2.weight' holds non-finite values"):
+        save_model_folder(model, out)
+    assert list(tmp_path.iterdir()) == []
+
+    model = BootlegModel(tiny_config())
+    save_model_folder(model, out)
+    reference = tmp_path / "fresh"
+    reference.mkdir()
+    assert out.stat().st_mode == reference.stat().st_mode  # as a plain mkdir: no private temporary-folder mode
+    before = snapshot(out)
+    with pytest.raises(ValueError, match="not empty"):
+        save_model_folder(model, out)
+
+    def crash(*args, **kwargs):
+        (Path(args[1]) / "partial.json").write_text("{")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bootleg_hf.checkpoints.BeitImageProcessorPil, "save_pretrained", crash)
+    with pytest.raises(OSError, match="disk full"):  # a crash half-way leaves the old folder as it was
+        save_model_folder(BootlegModel(tiny_config()), out, overwrite=True)
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["encoder", "fresh"]
+    monkeypatch.undo()
+    replacement = BootlegModel(tiny_config())
+    save_model_folder(replacement, out, overwrite=True)
+    assert snapshot(out) != before and sorted(p.name for p in tmp_path.iterdir()) == ["encoder", "fresh"]
+    loaded = BootlegModel.from_pretrained(out)
+    assert torch.equal(loaded.blocks[0].attn.qkv.weight, replacement.blocks[0].attn.qkv.weight)

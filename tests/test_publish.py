@@ -24,7 +24,15 @@ from bootleg_hf import BootlegForImageClassification, BootlegForSemanticSegmenta
 from bootleg_hf.checkpoints import save_model_folder
 from bootleg_hf.cli import convert_ijepa_main
 from bootleg_hf.cli import publish_main as publish_cli
-from bootleg_hf.publishing import AUTO_MAP, RemoteCodeError, remote_code_files
+from bootleg_hf.publishing import (
+    AUTO_MAP,
+    PublishError,
+    RemoteCodeError,
+    build_hub_folder,
+    check_repo_id,
+    remote_code_files,
+    upload,
+)
 
 try:  # tests/ is importable under pytest's default "prepend" import mode; tests.fake_hub if tests/ is a package
     from fake_hub import HubError, fake_hub, hub_env  # noqa: F401  (fake_hub is a fixture)
@@ -327,3 +335,43 @@ def test_failed_upload_is_an_error_not_a_success(fake_hub, tmp_path, monkeypatch
     assert set(fake_hub.repos["user/tiny"].files()) == {".gitattributes"}  # the repo exists, holds nothing of ours
     assert publish_main([task_folder(tmp_path / "2", "encoder"), "--repo-id", "user/tiny", "--token", "bad"]) == 1
     assert "failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "parent"])
+def test_hub_folder_never_overlaps_its_source(tmp_path, capsys, where):
+    source = task_folder(tmp_path / "models", "encoder")
+    before = {p.name: p.read_bytes() for p in source.iterdir()}
+    out = {"same": source, "inside": source / "hub", "parent": source.parent}[where]
+    with pytest.raises(PublishError, match="overlap") as err:
+        build_hub_folder(source, out, "user/tiny", overwrite=True)
+    assert str(source) in str(err.value) and str(out) in str(err.value)
+    assert publish_main([source, "--repo-id", "user/tiny", "--out", out, "--overwrite", "--dry-run"]) == 1
+    assert "overlap" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == before
+
+
+def test_non_finite_weights_are_never_published(tmp_path, capsys):
+    source = task_folder(tmp_path, "encoder")
+    state = load_file(source / "model.safetensors")
+    state["blocks.0.norm1.weight"][3] = float("inf")
+    save_file(state, source / "model.safetensors")
+    assert publish_main([source, "--repo-id", "user/tiny", "--out", tmp_path / "hub", "--dry-run"]) == 1
+    assert "'model.safetensors:blocks.0.norm1.weight' holds non-finite values" in capsys.readouterr().err
+    assert not (tmp_path / "hub").exists()
+
+
+@pytest.mark.parametrize("repo_id", ["../../x", "x", "user/", "/x", "a/b/c", "user/.x", "user/x-", "-user/x",
+                                     "user/a..b", "user/a--b", "user/x.git", "user/" + "a" * 97, "usér/x", "user/x y"])
+def test_invalid_repo_ids_are_refused_before_anything_is_built(fake_hub, tmp_path, capsys, repo_id):
+    source = task_folder(tmp_path, "encoder")
+    assert publish_main([source, f"--repo-id={repo_id}", "--out", tmp_path / "hub"]) == 1
+    assert f"invalid Hub repo id {repo_id!r}" in capsys.readouterr().err
+    assert not (tmp_path / "hub").exists() and fake_hub.repos == {}
+    with pytest.raises(PublishError, match="invalid Hub repo id"):
+        upload(source, repo_id, token="token")
+    assert fake_hub.repos == {}
+
+
+def test_valid_repo_ids_pass_unchanged():
+    for repo_id in ("user/tiny", "Org_1/bootleg-vit.s_16", "a/b", "u/" + "a" * 96):
+        assert check_repo_id(repo_id) == repo_id
