@@ -28,8 +28,9 @@ data:
 test: install data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+# `make demo` replaces the results of an earlier `make demo` in demo_out/ (the command alone refuses a non-empty --out)
 demo: install data
-	$(PY) training/demo.py $(DEMO_ARGS)
+	$(PY) training/demo.py --overwrite $(DEMO_ARGS)
 
 bench: install data
 	$(PY) -m bench.run_cpu

@@ -36,6 +36,13 @@ def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -47,6 +54,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--out", default="results")
+    _add_overwrite(p)
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace the results already in --out (refused otherwise)")
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -70,26 +82,35 @@ def pretrain_main(argv: Sequence[str] | None = None) -> int:
     bootleg-pretrain --recipe vit-small --dataset /data/my_images --output-dir runs/s
     torchrun --nproc_per_node 8 training/pretrain.py --recipe vit-base --dataset <hub name> ...
 
-Writes Trainer checkpoints (checkpoint-*, resumable with --resume), the final BootlegForPretraining folder and the
-teacher encoder with its image processor in <output-dir>/encoder.""")
+Writes Trainer checkpoints (checkpoint-*, each complete or absent; resumable with --resume), the final
+BootlegForPretraining folder and the teacher encoder with its image processor in <output-dir>/encoder. An output
+folder that holds a run is refused unless --resume or --overwrite is given; two processes cannot share one.""")
     p.add_argument("--recipe", default="vit-micro", help=f"a YAML file or one of the shipped recipes "
                                                          f"{available_recipes()}")
     p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
     p.add_argument("--split", default="train")
     p.add_argument("--output-dir", default="runs/bootleg")
     _add_set(p)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch size (overrides the recipe)")
-    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--max-steps", type=_positive, help="training steps (overrides the recipe's epochs)")
+    p.add_argument("--batch-size", type=_positive, help="global batch size (overrides the recipe)")
+    p.add_argument("--limit", type=_positive, help="use only the first N images")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--on-corrupt", choices=("skip", "raise"), default="skip")
-    p.add_argument("--resume", nargs="?", const="auto", help="resume from a checkpoint (default: the latest)")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--resume", nargs="?", const="auto",
+                     help="continue the run in --output-dir from its newest complete checkpoint (or from the given "
+                          "checkpoint folder); the checkpoint's schedule continues unless --new-schedule")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
+    p.add_argument("--new-schedule", action="store_true",
+                   help="with --resume: switch to the recipe's LR / weight-decay / EMA schedule and length from the "
+                        "resumed step, when they differ from the checkpoint's")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     trainer = run_pretraining(PretrainSettings(
         recipe=a.recipe, overrides=a.overrides, dataset=a.dataset, split=a.split, limit=a.limit,
         output_dir=a.output_dir, max_steps=a.max_steps, batch_size=a.batch_size, num_workers=a.num_workers,
-        on_corrupt=a.on_corrupt, resume=a.resume, seed=a.seed))
+        on_corrupt=a.on_corrupt, resume=a.resume, overwrite=a.overwrite, seed=a.seed),
+        schedule_on_resume="new" if a.new_schedule else None)
     if trainer.is_world_process_zero():
         print(f"saved {a.output_dir} (BootlegForPretraining) and {a.output_dir}/encoder (teacher encoder)")
     return 0
@@ -133,7 +154,7 @@ BootlegForImageClassification folder for the best probe that pipeline("image-cla
                              limit_test=a.limit_test, lrs=a.lrs, wds=a.wds, warmup_epochs=a.warmup_epochs,
                              test_split=a.test_split, weights=a.weights, seed=a.seed, num_workers=a.num_workers,
                              device=a.device)
-    print(probe_markdown(run_probes(a.model, a.dataset, settings, out=a.out)))
+    print(probe_markdown(run_probes(a.model, a.dataset, settings, out=a.out, overwrite=a.overwrite)))
     return 0
 
 
@@ -187,7 +208,7 @@ folder for the best Lin/Blk head that pipeline("image-segmentation") loads.""")
         metrics=a.metrics, ignore_index=a.ignore_index, num_labels=a.num_labels, label_names=a.labels,
         test_split=a.test_split, image_column=a.image_column, mask_column=a.mask_column, weights=a.weights,
         seed=a.seed, device=a.device)
-    print(segment_markdown(run_segmentation(a.model, a.dataset, settings, out=a.out)))
+    print(segment_markdown(run_segmentation(a.model, a.dataset, settings, out=a.out, overwrite=a.overwrite)))
     return 0
 
 
@@ -215,12 +236,14 @@ through its teacher (--encoder student for the student); random:<preset> is the 
                    help="subtract each layer's per-position mean over the images first (content variation only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="analysis", help="output folder")
+    _add_overwrite(p)
     a = p.parse_args(argv)
     if a.num_images < 2:
         p.error("--num-images must be at least 2")
     result = analyze(a.model, a.dataset, a.num_images, a.out, split=a.split, batch_size=a.batch_size,
                      max_distance=a.max_distance, pearson_normalize=a.pearson_normalize,
-                     remove_position_mean=a.remove_position_mean, weights=a.encoder, device=a.device)
+                     remove_position_mean=a.remove_position_mean, weights=a.encoder, device=a.device,
+                     overwrite=a.overwrite)
     print_summary(result)
     print(f"wrote {', '.join(result['figures'])} and analysis.json to {a.out} in {result['wall_s']:.1f} s")
     return 0
@@ -244,9 +267,10 @@ sample_masks.png, rate_maps.png (per-position context visibility and target rate
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-images", type=int, default=4, help="sample images per mode in sample_masks.png")
     p.add_argument("--out", type=Path, default=Path("masks_out"))
+    _add_overwrite(p)
     a = p.parse_args(argv)
     generators = {mode: MaskGenerator(tuple(a.grid), mode, seed=a.seed) for mode in a.modes}
-    write_mask_report(generators, a.batch_size, a.batches, a.n_images, a.out)
+    write_mask_report(generators, a.batch_size, a.batches, a.n_images, a.out, a.overwrite)
     return 0
 
 
@@ -324,10 +348,11 @@ folders (dry run), reload them through transformers and plot what happened.
     p.add_argument("--seg-epochs", type=int, default=30)
     p.add_argument("--smoke", action="store_true", help="tiny budget everywhere (for the test suite)")
     p.add_argument("--seed", type=int, default=0)
+    _add_overwrite(p)
     a = vars(p.parse_args(argv))
     smoke = a.pop("smoke")
     run_demo(DemoSettings.smoke(out=a["out"], preset=a["preset"], dataset=a["dataset"], overrides=a["overrides"],
-                                seed=a["seed"]) if smoke else DemoSettings(**a))
+                                seed=a["seed"], overwrite=a["overwrite"]) if smoke else DemoSettings(**a))
     return 0
 
 
@@ -363,13 +388,18 @@ attach a head to. --labels takes class names, or one JSON (list or id2label) or 
                    help="type of --probe-head (default: the head file's probe_type metadata, else the config's)")
     p.add_argument("--segmentation-type", choices=SEGMENTATION_HEADS, help="type of --segmentation-head")
     p.add_argument("--labels", nargs="+", help="class names, or one .json / .txt file with them")
+    _add_overwrite(p)
     a = p.parse_args(argv)
     if (a.probe_head or a.segmentation_head) and not a.labels:
         p.error("a head needs --labels")
     labels = a.labels[0] if a.labels and len(a.labels) == 1 and Path(a.labels[0]).is_file() else a.labels
-    out = export_pretrained(a.checkpoint, a.out, student=a.student, probe_head=a.probe_head,
-                            probe_type=a.probe_type, segmentation_head=a.segmentation_head,
-                            segmentation_type=a.segmentation_type, labels=labels)
+    try:
+        out = export_pretrained(a.checkpoint, a.out, student=a.student, probe_head=a.probe_head,
+                                probe_type=a.probe_type, segmentation_head=a.segmentation_head,
+                                segmentation_type=a.segmentation_type, labels=labels, overwrite=a.overwrite)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     what = "classification model" if a.probe_head else "segmentation model" if a.segmentation_head else "encoder"
     print(f"wrote {what} ({'student' if a.student else 'teacher'} weights) to {out.resolve()}")
     return 0
@@ -451,6 +481,7 @@ are read with torch.load(weights_only=True) only.""")
     p.add_argument("--reverse", action="store_true", help="Bootleg folder → timm safetensors")
     p.add_argument("--bootleg", help="Bootleg encoder folder (with --reverse)")
     p.add_argument("--out", required=True)
+    _add_overwrite(p)
     a = p.parse_args(argv)
     if a.reverse:
         if not a.bootleg:
@@ -465,7 +496,8 @@ are read with torch.load(weights_only=True) only.""")
     else:
         from .checkpoints import save_model_folder
 
-        save_model_folder(timm_model_to_bootleg(a.timm_arch, a.reg_tokens, a.checkpoint), a.out)
+        save_model_folder(timm_model_to_bootleg(a.timm_arch, a.reg_tokens, a.checkpoint), a.out,
+                          overwrite=a.overwrite)
     print(f"wrote {Path(a.out).resolve()}")
     return 0
 
@@ -492,6 +524,7 @@ under CC-BY-NC 4.0: publish conversions with --license cc-by-nc-4.0.""")
     p.add_argument("--num-heads", type=int, help="encoder heads (inferred for the official I-JEPA widths)")
     p.add_argument("--predictor-num-heads", type=int, help="predictor heads (default: the encoder's, as in I-JEPA)")
     p.add_argument("--image-size", type=int, nargs="+", help="H [W]; default: square grid from pos_embed × patch")
+    _add_overwrite(p)
     a = p.parse_args(argv)
     if a.student and a.with_predictor:
         p.error("--with-predictor keeps both encoders (student and teacher); --student applies to encoder-only output")
@@ -499,7 +532,7 @@ under CC-BY-NC 4.0: publish conversions with --license cc-by-nc-4.0.""")
     model, notes = ijepa_to_bootleg(a.checkpoint, student=a.student, with_predictor=a.with_predictor,
                                     num_heads=a.num_heads, predictor_num_heads=a.predictor_num_heads,
                                     image_size=image_size)
-    save_model_folder(model, a.out)
+    save_model_folder(model, a.out, overwrite=a.overwrite)
     for note in notes:
         print(f"note: {note}")
     c = model.config

@@ -88,7 +88,7 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     predictor_num_hidden_layers: int = 10
     predictor_num_attention_heads: int = 16
     predictor_num_register_tokens: int = 4
-    targets: str | None = None
+    targets: str | int | None = None
     target_merge: str = "concat"
     mask_mode: str = "bootleg"
     mask_num_targets: int = 4
@@ -112,6 +112,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
             self.intermediate_size = int(self.hidden_size * self.mlp_ratio)
         if self.targets is None:
             self.targets = default_targets(self.num_hidden_layers)
+        elif isinstance(self.targets, int) and not isinstance(self.targets, bool):
+            self.targets = str(self.targets)  # a single block, e.g. `--set model.targets=6`
         # pairs are stored as lists, as they come back from config.json
         for name in ("image_size", "mask_target_scale", "mask_target_aspect", "mask_context_scale"):
             if isinstance(getattr(self, name), tuple):

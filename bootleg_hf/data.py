@@ -11,11 +11,13 @@ transforms either raise it (``on_error="raise"``) or replace the example and cou
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import logging
 import math
 import os
+import random
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -340,6 +342,23 @@ def _normalise_columns(ds: datasets.Dataset, image_column: str | None, label_col
     return ds.rename_columns(renames) if renames else ds
 
 
+SPLIT_NAMES = ("train", "training", "test", "testing", "validation", "valid", "val", "dev", "eval")
+
+
+def check_image_folder(root: str | os.PathLike) -> None:
+    """Raise a `ValueError` for a folder whose labels would be read wrongly: images nested below the class folders
+    (`class/sub/x.png` would be labelled `sub`). Layouts: `root/<class>/*` or `root/<split>/<class>/*`."""
+    root = Path(root)
+    for top in (p for p in root.iterdir() if p.is_dir()):
+        classes = [p for p in top.iterdir() if p.is_dir()] if top.name.lower() in SPLIT_NAMES else [top]
+        for folder in classes:
+            nested = next((p for p in folder.iterdir() if p.is_dir()), None)
+            if nested is not None:
+                raise ValueError(f"{root}: class folder {folder.relative_to(root)} contains the folder {nested.name}; "
+                                 "images must sit directly in root/<class>/ or root/<split>/<class>/ (their labels "
+                                 "are the folder names)")
+
+
 def load_image_dataset(
     name_or_path: str | os.PathLike | datasets.Dataset | datasets.DatasetDict,
     split: str = "train",
@@ -365,6 +384,7 @@ def load_image_dataset(
     if name.lower() in ("fashion-mnist", "fashion_mnist"):
         return load_fashion_mnist(split)
     if os.path.isdir(name):
+        check_image_folder(name)
         ds = datasets.load_dataset("imagefolder", data_dir=name, split=split, **load_kwargs)
     elif name.startswith(("/", "./", "../", "~")) or os.path.exists(name):
         raise FileNotFoundError(f"{name}: not a directory of images")
@@ -398,22 +418,34 @@ def write_image_folder(dataset: Any, root: str | os.PathLike, n: int | None = No
             label = row["label"]
             if isinstance(label_feature, datasets.ClassLabel) and isinstance(label, (int, np.integer)):
                 label = label_feature.int2str(int(label))
-            folder = root / str(label).replace("/", "_").replace(os.sep, "_")
+            name = str(label).replace("/", "_").replace(os.sep, "_")
+            if name in ("", ".", ".."):
+                raise ValueError(f"label {label!r} of row {i} cannot be a folder name under {root}")
+            folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         img.save(folder / f"{i:0{width}d}.png")
     return root
 
 
 class IndexedDataset(torch.utils.data.Dataset):
-    """Wrap a map-style dataset whose items are dicts and add ``"sample_index": i`` to each item.
+    """Wrap a map-style dataset whose items are dicts: add ``"sample_index": i`` to each item and make random
+    augmentations reproducible.
 
-    Batched fetching (``__getitems__``, used by ``DataLoader``) is forwarded when the wrapped
-    dataset supports it, so a ``datasets`` transform sees whole batches.
+    Every fetch (one item, or a batch through ``__getitems__``, which ``DataLoader`` uses and which hands a
+    ``datasets`` transform whole batches) runs with torch's, numpy's and Python's RNGs seeded from ``(seed, epoch,
+    the sample indices)`` and restored afterwards: a run resumed at any step, with any number of workers, augments
+    the data exactly as the uninterrupted run did. ``set_epoch`` must be called before each epoch's iterator (and its
+    workers, which copy this object) is created, as for ``BootlegDataCollator``.
     """
 
-    def __init__(self, dataset: Any, index_key: str = "sample_index") -> None:
+    def __init__(self, dataset: Any, index_key: str = "sample_index", seed: int = 0) -> None:
         self.dataset = dataset
         self.index_key = index_key
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -423,15 +455,32 @@ class IndexedDataset(torch.utils.data.Dataset):
             raise TypeError(f"IndexedDataset needs dict items, got {type(item).__name__}")
         return {**item, self.index_key: index}
 
+    @contextlib.contextmanager
+    def _seeded(self, indices: Sequence[int]):
+        words = np.random.SeedSequence([self.seed, self.epoch, *indices]).generate_state(2)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(int(words[0]) << 32 | int(words[1]))  # CPU only
+            random.seed(int(words[0]))
+            np.random.seed(int(words[1]))
+            try:
+                yield
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._tag(self.dataset[index], int(index))
+        with self._seeded([int(index)]):
+            return self._tag(self.dataset[index], int(index))
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        indices = [int(i) for i in indices]
         getitems = getattr(self.dataset, "__getitems__", None)
-        items = getitems(list(indices)) if getitems is not None else [self.dataset[i] for i in indices]
+        with self._seeded(indices):
+            items = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
         if len(items) != len(indices):
             raise RuntimeError(f"wrapped dataset returned {len(items)} items for {len(indices)} indices")
-        return [self._tag(item, int(i)) for item, i in zip(items, indices)]
+        return [self._tag(item, i) for item, i in zip(items, indices)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -539,16 +588,19 @@ class _BatchImageTransform:
 
 class PretrainTransform(_BatchImageTransform):
     """Pretraining augmentation: RandomResizedCrop(image_size, scale; bicubic, antialias) + optional
-    horizontal flip + normalise → ``pixel_values`` float32 [3, image_size, image_size].
+    horizontal flip + normalise → ``pixel_values`` float32 [3, H, W] (``image_size``: a side or ``(H, W)``).
 
     Corrupt-image policy (``on_error``, ``max_skipped``, :attr:`num_skipped`): see the base class
     docstring — skipped examples are replaced by another readable example, counted and logged.
     """
 
-    def __init__(self, image_size: int, scale: tuple[float, float] = (0.35, 1.0), hflip: bool = True,
+    def __init__(self, image_size: int | Sequence[int], scale: tuple[float, float] = (0.35, 1.0), hflip: bool = True,
                  **options: Any) -> None:
         v2 = _transforms_v2()
-        crop = v2.RandomResizedCrop(image_size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        size = [int(image_size)] * 2 if isinstance(image_size, (int, np.integer)) else [int(v) for v in image_size]
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"crop scale must be (low, high) with 0 < low <= high <= 1, got {tuple(scale)}")
+        crop = v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
         super().__init__([crop] + [v2.RandomHorizontalFlip()] * hflip, **options)
 
 

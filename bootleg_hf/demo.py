@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .checkpoints import check_output
 from .data import FASHION_MNIST_DIR, MOSAIC_LABELS, decode_image, load_image_dataset, make_mosaic_segmentation
 from .evaluation.classification import ProbeSettings, run_probes
 from .evaluation.segmentation import SegmentationSettings, run_segmentation
@@ -35,7 +36,8 @@ from .reports import write_json, write_text
 class DemoSettings:
     """The demo's budget: the recipe (a shipped name, e.g. the preset) and its overrides, the pretraining data, steps
     and global batch; the classification probes (types, epochs, train/test images); the mosaic segmentation probes
-    (train/test images, epochs); the seed. `smoke()` gives the tiny budget of the test suite."""
+    (train/test images, epochs); the seed; whether to replace an earlier demo's results in `out` (a non-empty `out` is
+    refused otherwise). `smoke()` gives the tiny budget of the test suite."""
 
     out: str | Path = "demo_out"
     preset: str = "vit-micro"
@@ -51,6 +53,7 @@ class DemoSettings:
     seg_test: int = 200
     seg_epochs: int = 30
     seed: int = 0
+    overwrite: bool = False
 
     @classmethod
     def smoke(cls, **overrides: Any) -> "DemoSettings":
@@ -123,6 +126,7 @@ def plot_segmentations(folders: dict[str, Path], dataset, path: Path, n: int = 4
 def run_demo(s: DemoSettings) -> dict[str, Any]:
     """Run the demo (see the module docstring); returns the summary (also in `summary.json`)."""
     out = Path(s.out)
+    check_output(out, s.overwrite)  # an earlier demo's results are replaced only when asked
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -138,7 +142,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
                  *s.overrides]
     trainer = run_pretraining(PretrainSettings(recipe=recipe, overrides=overrides, dataset=s.dataset,
                                                output_dir=pretrain_dir, max_steps=s.steps,
-                                               batch_size=s.batch_size, seed=s.seed))
+                                               batch_size=s.batch_size, seed=s.seed, overwrite=s.overwrite))
     timings["pretrain_s"] = time.perf_counter() - tick
     plot_training(trainer.state.log_history, out / "training.png")
     plot_sample_masks({"bootleg": MaskGenerator.from_config(trainer.model.config)}, n_images=4,
@@ -158,12 +162,13 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         print(f"-- {name}: classification probes", flush=True)
         cls = run_probes(model, s.dataset, ProbeSettings(probes=probes, epochs=s.probe_epochs,
                                                             limit_train=s.probe_train, limit_test=s.probe_test,
-                                                            seed=s.seed, num_workers=0), out=out / "probes" / slug)
+                                                            seed=s.seed, num_workers=0),
+                         out=out / "probes" / slug, overwrite=s.overwrite)
         print(f"-- {name}: segmentation probes", flush=True)
         seg = run_segmentation(model, seg_data, SegmentationSettings(probes=("knn", "lin"), limit_train=None,
                                                                      limit_test=None, epochs=s.seg_epochs,
                                                                      label_names=MOSAIC_LABELS, seed=s.seed),
-                               out=out / "segmentation" / slug)
+                               out=out / "segmentation" / slug, overwrite=s.overwrite)
         results[name] = {"classification": cls, "segmentation": seg}
     timings["probes_s"] = time.perf_counter() - tick
 
@@ -177,7 +182,8 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     tick = time.perf_counter()
     recipe_text = recipe.read_text()
     hub = {kind: build_hub_folder(source, out / "hub" / kind, f"your-name/bootleg-{s.preset}-{kind}",
-                                  overwrite=True, datasets=["zalando-datasets/fashion_mnist"], recipe_text=recipe_text,
+                                  overwrite=s.overwrite, datasets=["zalando-datasets/fashion_mnist"],
+                                  recipe_text=recipe_text,
                                   probe_results=results["bootleg"]["classification"])
            for kind, source in (("encoder", pretrain_dir / "encoder"),
                                 ("classifier", out / "probes" / "bootleg" / "classifier"))}

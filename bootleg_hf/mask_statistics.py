@@ -22,6 +22,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from .checkpoints import check_output
 from .masking import MaskBatch, MaskGenerator
 from .reports import write_json
 
@@ -151,9 +152,11 @@ def plot_rate_maps(stats: Mapping[str, Mapping[str, Any]], path: str | Path | No
 
 
 def write_mask_report(generators: Mapping[str, MaskGenerator], batch_size: int, batches: int, n_images: int,
-                      out: str | Path) -> dict[str, dict[str, Any]]:
-    """Statistics of every generator (printed), `sample_masks.png`, `rate_maps.png` and `mask_stats.json` in `out`."""
+                      out: str | Path, overwrite: bool = False) -> dict[str, dict[str, Any]]:
+    """Statistics of every generator (printed), `sample_masks.png`, `rate_maps.png` and `mask_stats.json` in `out`
+    (a non-empty `out` is refused unless `overwrite`)."""
     out = Path(out)
+    check_output(out, overwrite)
     stats = {mode: mask_statistics(gen, batch_size, batches) for mode, gen in generators.items()}
     for st in stats.values():
         print(format_statistics(st))

@@ -3,30 +3,47 @@
 What the stock Trainer gets on top: AdamW(0.9, 0.95) with no weight decay on biases, norms and tokens; the paper's
 LR (linear warm-up from `lr_init` to `lr_max`, cosine to `lr_final`), weight-decay (cosine) and EMA-momentum (linear)
 schedules, all functions of the global step so a resume continues exactly; the EMA teacher update after every
-optimizer step; masks from `BootlegDataCollator` seeded by (seed, epoch, sample indices, rank); extra logs (real
-MSE, lr, wd, momentum, per-layer target std, context/target rates, images/s); and a stop with a clear error on a
-non-finite loss that never overwrites the last good checkpoint.
+optimizer step; masks from `BootlegDataCollator` and augmentations (`IndexedDataset`) seeded by (seed, epoch, sample
+indices), so a resume at any step sees exactly the data it would have seen; extra logs (real MSE, lr, wd, momentum,
+per-layer target std, context/target rates, images/s); a stop with a clear error on a non-finite loss or gradient
+norm at any step; and checkpoints that are complete or absent (written to a staging folder, then renamed), with the
+schedule they were trained with, which a resume continues unless told to switch (`schedule_on_resume`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .data import IndexedDataset
 from .masking import BootlegDataCollator, MaskGenerator
 from .modeling_bootleg_pretraining import BootlegForPretraining
 from .optim import adamw, param_groups
 
+logger = logging.getLogger(__name__)
+
 REFERENCE_BATCH = 2048  # the paper's global batch: LRs in recipes are for this batch size
+SCHEDULE_FILE = "bootleg_schedule.json"  # in every checkpoint: the schedule it was trained with
+STAGING_DIR = ".checkpoint-staging"  # checkpoints are written here, then renamed into place
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/Inf loss or weights; no checkpoint was written after it."""
+    """Training produced a NaN/Inf loss, gradient norm or weights; no checkpoint was written after it."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. a full disk); the last complete checkpoint is kept."""
 
 
 @dataclass
@@ -46,9 +63,24 @@ class BootlegTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "compute the real MSE every N steps (default: logging_steps); other steps "
                                          "use MSELossNoForward"})
     mask_seed: int | None = field(default=None, metadata={"help": "seed of the masks (default: seed)"})
+    schedule_on_resume: str = field(
+        default="saved", metadata={"help": "when a resumed checkpoint was trained with another LR / weight-decay / "
+                                           "EMA schedule or length: 'saved' continues the checkpoint's schedule, "
+                                           "'new' switches to the requested one from the resumed step"})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the paper's 0.95)"})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "kept False: lazy set_transform datasets need their raw columns"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("lr_init", "lr_max", "lr_final", "wd_init", "wd_final"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr_max <= 0:
+            raise ValueError(f"lr_max must be > 0, got {self.lr_max}")
+        if self.schedule_on_resume not in ("saved", "new"):
+            raise ValueError(f"schedule_on_resume must be 'saved' or 'new', got {self.schedule_on_resume!r}")
 
     @property
     def global_batch_size(self) -> int:
@@ -79,17 +111,66 @@ def momentum_at(step: int, total: int, ema_start: float, ema_end: float) -> floa
     return ema_start + (ema_end - ema_start) * min(step / max(1, total), 1.0)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """The LR (after batch scaling), weight-decay and EMA-momentum schedules of a run, as functions of the global
+    step; stored in every checkpoint (`SCHEDULE_FILE`) so a resume can tell whether it continues the same one."""
+
+    total_steps: int
+    warmup_steps: int
+    lr_init: float
+    lr_max: float
+    lr_final: float
+    lr_scale: float
+    wd_init: float
+    wd_final: float
+    ema_start: float
+    ema_end: float
+
+    def lr(self, step: int) -> float:
+        return learning_rate_at(step, self.total_steps, self.warmup_steps, self.lr_init, self.lr_max,
+                                self.lr_final) * self.lr_scale
+
+    def weight_decay(self, step: int) -> float:
+        return weight_decay_at(step, self.total_steps, self.wd_init, self.wd_final)
+
+    def momentum(self, step: int) -> float:
+        return momentum_at(step, self.total_steps, self.ema_start, self.ema_end)
+
+
+class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
+    """Sets every group's LR to `lr_at(step)`. The LR is absolute (not a factor of the LR the optimizer was created
+    with), so a resumed optimizer that remembers another peak LR still follows the schedule."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_at):
+        self.lr_at = lr_at
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [self.lr_at(self.last_epoch)] * len(self.optimizer.param_groups)
+
+    def get_last_lr(self) -> list[float]:
+        return self.get_lr()  # the schedule's value now, also after a resume switched schedules
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in super().state_dict().items() if k != "lr_at"}
+
+
 class _BootlegCallback(TrainerCallback):
     """Per-step schedule work that must happen once per optimizer step, not per micro-batch."""
 
     def __init__(self, trainer: "BootlegTrainer"):
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.settle_schedule()
+
     def on_epoch_begin(self, args, state, control, **kwargs):
-        # Before the epoch's DataLoader iterator (and its workers, which copy the collator) is created.
-        collator = self.trainer.data_collator
-        if hasattr(collator, "set_epoch"):
-            collator.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
+        # Before the epoch's DataLoader iterator (and its workers, which copy the collator and the dataset) is made.
+        epoch = int(state.epoch + 1e-6) if state.epoch else 0
+        for part in (self.trainer.data_collator, self.trainer.train_dataset):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
 
     def on_step_begin(self, args, state, control, **kwargs):
         wd = self.trainer.weight_decay_at(state.global_step)
@@ -122,13 +203,16 @@ class BootlegTrainer(Trainer):
             data_collator = BootlegDataCollator(MaskGenerator.from_config(model.config), seed=seed)
         if train_dataset is not None and hasattr(train_dataset, "__getitem__") and not isinstance(
                 train_dataset, IndexedDataset):
-            train_dataset = IndexedDataset(train_dataset)
+            train_dataset = IndexedDataset(train_dataset, seed=args.data_seed if args.data_seed is not None else args.seed)
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, **kwargs)
         self.add_callback(_BootlegCallback(self))
         self._real_losses: list[torch.Tensor] = []
         self._last_stats: dict[str, float] = {}
         self._clock: tuple[float, int] | None = None
         self._loss_total, self._loss_count = 0.0, 0
+        self._schedule: Schedule | None = None  # fixed at train begin (see `settle_schedule`)
+        self._checkpoint_schedule: Schedule | None = None  # the schedule of the checkpoint being resumed
+        self._staging: Path | None = None
 
     # ---- schedules (pure functions of the global step) ---------------------------------------------------------
     @property
@@ -139,17 +223,45 @@ class BootlegTrainer(Trainer):
     def total_steps(self) -> int:
         return max(1, self.state.max_steps)
 
+    def requested_schedule(self) -> Schedule:
+        """The schedule the arguments and the model config ask for, at the run's length."""
+        a, config = self.args, self.unwrapped_model.config
+        return Schedule(self.total_steps, a.get_warmup_steps(self.total_steps), a.lr_init, a.lr_max, a.lr_final,
+                        a.lr_scale, a.wd_init, a.wd_final, config.ema_start, config.ema_end)
+
+    @property
+    def schedule(self) -> Schedule:
+        return self._schedule or self.requested_schedule()
+
+    def settle_schedule(self) -> None:
+        """At train begin: the requested schedule, or on resume from a checkpoint trained with another one, the
+        checkpoint's (`schedule_on_resume="saved"`, default) or the requested one (`"new"`), saying which. The EMA
+        endpoints of the schedule in force are written into the model config, so the saved config states them."""
+        requested, saved = self.requested_schedule(), self._checkpoint_schedule
+        self._schedule = requested
+        if saved is not None and saved != requested:
+            differ = {k: (v, getattr(requested, k)) for k, v in dataclasses.asdict(saved).items()
+                      if getattr(requested, k) != v}
+            if self.args.schedule_on_resume == "saved":
+                self._schedule = saved
+                logger.warning("resuming with the checkpoint's schedule: %s differ from the requested values (saved, "
+                               "requested); pass --new-schedule (schedule_on_resume='new') to switch", differ)
+            else:
+                logger.warning("switching to the requested schedule at step %d: %s (saved, requested)",
+                               self.state.global_step, differ)
+        config = self.unwrapped_model.config
+        config.ema_start, config.ema_end = self._schedule.ema_start, self._schedule.ema_end
+        for group in self.optimizer.param_groups:  # the LR the next step uses
+            group["lr"] = self._schedule.lr(self.state.global_step)
+
     def learning_rate_at(self, step: int) -> float:
-        a = self.args
-        warmup = a.get_warmup_steps(self.total_steps)
-        return learning_rate_at(step, self.total_steps, warmup, a.lr_init, a.lr_max, a.lr_final) * a.lr_scale
+        return self.schedule.lr(step)
 
     def weight_decay_at(self, step: int) -> float:
-        return weight_decay_at(step, self.total_steps, self.args.wd_init, self.args.wd_final)
+        return self.schedule.weight_decay(step)
 
     def momentum_at(self, step: int) -> float:
-        config = self.unwrapped_model.config
-        return momentum_at(step, self.total_steps, config.ema_start, config.ema_end)
+        return self.schedule.momentum(step)
 
     # ---- optimizer and LR ---------------------------------------------------------------------------------------
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -161,21 +273,25 @@ class BootlegTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
-            peak = self.args.lr_max * self.args.lr_scale
-            warmup = self.args.get_warmup_steps(num_training_steps)
-            a = self.args
-
-            def factor(step: int) -> float:
-                return learning_rate_at(step, num_training_steps, warmup, a.lr_init, a.lr_max, a.lr_final) * \
-                    a.lr_scale / peak
-
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+            self.lr_scheduler = ScheduleLR(optimizer or self.optimizer, self.learning_rate_at)
         return self.lr_scheduler
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Before the optimizer step: a non-finite gradient stops the run with the weights still finite.
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        if not math.isfinite(float(grad_norm)):
+            raise NonFiniteLossError(
+                f"non-finite gradient norm ({float(grad_norm)}) at step {self.state.global_step}; training stopped "
+                f"before the optimizer step, no checkpoint was written after the last good one in "
+                f"{self.args.output_dir}")
+        return grad_norm
 
     # ---- loss and logging ---------------------------------------------------------------------------------------
     def _loss_value_due(self) -> bool:
+        # the real MSE on logging steps and on the last step (so `train_loss` is never a mean of placeholders)
         interval = self.args.loss_log_interval or self.args.logging_steps or 1
-        return (self.state.global_step + 1) % max(1, int(interval)) == 0 or not self.model.training
+        step = self.state.global_step + 1
+        return step % max(1, int(interval)) == 0 or step >= self.state.max_steps or not self.model.training
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         due = self._loss_value_due()
@@ -230,18 +346,56 @@ class BootlegTrainer(Trainer):
             self._clock = (now, step)
         super().log(logs, start_time)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        # Never let a diverged model replace the last good checkpoint.
-        params = [p for p in self.unwrapped_model.parameters()]
-        norms = torch._foreach_norm(params)
-        if not torch.isfinite(torch.stack(norms)).all():
-            raise NonFiniteLossError(f"non-finite weights at step {self.state.global_step}; checkpoint not written "
-                                     f"(the last good one in {self.args.output_dir} is kept)")
-        super()._save_checkpoint(model, trial)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # Never write non-finite weights: neither a checkpoint (which would replace the last good one) nor a model.
+        norms = torch.stack(torch._foreach_norm([p.detach() for p in self.unwrapped_model.parameters()]))
+        if not torch.isfinite(norms).all():
+            raise NonFiniteLossError(f"non-finite weights at step {self.state.global_step}; nothing was written to "
+                                     f"{output_dir or self.args.output_dir} (the last good checkpoint is kept)")
+        super().save_model(output_dir, _internal_call)
 
-    def train(self, *args, **kwargs):
+    def _get_output_dir(self, trial) -> str:
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write `checkpoint-N` complete or not at all: into a staging folder, renamed into place once every file
+        (model, optimizer, scheduler, RNG states, trainer state, schedule) is written."""
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._staging = run_dir / STAGING_DIR
+        if self.args.should_save:
+            shutil.rmtree(self._staging, ignore_errors=True)  # what an interrupted save left
+        self.accelerator.wait_for_everyone()
+        try:
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                (self._staging / name / SCHEDULE_FILE).write_text(json.dumps(dataclasses.asdict(self.schedule)))
+        except (OSError, RuntimeError) as err:
+            if isinstance(err, NonFiniteLossError):
+                raise
+            free = shutil.disk_usage(run_dir).free / 2**30
+            raise CheckpointWriteError(f"could not write {name} into {run_dir} ({type(err).__name__}: {err}); "
+                                       f"{free:.2f} GiB free on that disk. The last complete checkpoint is kept.") \
+                from err
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            final = run_dir / name
+            if final.exists():  # the same step saved again (e.g. the final step of a resumed run)
+                shutil.rmtree(final)
+            os.replace(run_dir / STAGING_DIR / name, final)
+            shutil.rmtree(run_dir / STAGING_DIR, ignore_errors=True)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         self._clock, self._loss_total, self._loss_count = None, 0.0, 0
-        output = super().train(*args, **kwargs)
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        saved = Path(resume_from_checkpoint) / SCHEDULE_FILE if resume_from_checkpoint else None
+        self._checkpoint_schedule = Schedule(**json.loads(saved.read_text())) if saved and saved.is_file() else None
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
         if self._loss_count:
             mean = self._loss_total / self._loss_count
             output = output._replace(training_loss=mean, metrics={**output.metrics, "train_loss": mean})

@@ -12,10 +12,12 @@ from bootleg_hf.configuration_bootleg import default_targets
 from bootleg_hf.evaluation import ablation
 from bootleg_hf.evaluation.ablation import AblationSettings, run_ablation
 
-# A 2-block, width-32 encoder on 16 px images (4×4 grid, so a smaller minimum context), a run takes about a second.
+# A 2-block, width-32 encoder on 16 px images (4×4 grid, so a smaller minimum context), a run takes about a second;
+# a fast EMA, so that the teacher visibly moves away from its initialisation in the 2 steps of a run.
 TINY = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
         "model.predictor_hidden_size=16", "model.predictor_num_hidden_layers=1",
-        "model.predictor_num_attention_heads=2", "data.image_size=16", "model.mask_min_context=4"]
+        "model.predictor_num_attention_heads=2", "data.image_size=16", "model.mask_min_context=4",
+        "model.ema_start=0.5", "model.ema_end=0.5"]
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

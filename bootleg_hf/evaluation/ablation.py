@@ -198,7 +198,7 @@ def pretrain_run(recipe: dict[str, Any], dataset: datasets.Dataset, seed: int, s
     if resume:
         print(f"resuming {run_dir.name} from {resume}", flush=True)
     trainer.train(resume_from_checkpoint=resume)
-    save_model_folder(encoder_copy(trainer.unwrapped_model), run_dir / "encoder")
+    save_model_folder(encoder_copy(trainer.unwrapped_model), run_dir / "encoder", overwrite=True)  # this run's
     logs = [h for h in trainer.state.log_history if "loss" in h and "step" in h]
     record = {
         "init_sha256": init_sha, "steps": trainer.state.global_step, "batch_size": trainer.args.global_batch_size,
@@ -260,7 +260,8 @@ def analyze_runs(runs: list[dict[str, Any]], runs_dir: Path, base_recipe: dict[s
                 encoder: torch.nn.Module = initial_model(config, r["seed"]).student
             else:
                 encoder = load_encoder(run_dir / "encoder")
-            result = analyze(encoder, pixel_values, num_images, run_dir / "analysis", remove_position_mean=True)
+            result = analyze(encoder, pixel_values, num_images, run_dir / "analysis", remove_position_mean=True,
+                             overwrite=True)  # redone with other settings
         r["representation"] = representation_summary(result)
 
 

@@ -26,7 +26,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..checkpoints import load_encoder
+from ..checkpoints import check_output, load_encoder
 from ..data import EvalTransform, load_image_dataset
 from ..modeling_bootleg import BootlegModel
 from ..reports import write_json
@@ -361,7 +361,7 @@ def target_representations(reps: dict[str, torch.Tensor], spec) -> dict[str, tor
 def analyze(model: torch.nn.Module | str, dataset: Any, num_images: int, out_dir: str | Path, *, split: str = "test",
             batch_size: int = 64, max_distance: float | None = None, pearson_normalize: str = "token",
             remove_position_mean: bool = False, plots: bool = True, weights: str = "teacher",
-            device: str | torch.device | None = None) -> dict[str, Any]:
+            device: str | torch.device | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run the whole analysis on ``num_images`` images of ``dataset``; write PNGs and ``analysis.json`` into
     ``out_dir`` and return the JSON content.
 
@@ -370,7 +370,8 @@ def analyze(model: torch.nn.Module | str, dataset: Any, num_images: int, out_dir
     ``dataset``: anything ``load_image_dataset`` accepts, or a ``[B, C, H, W]`` tensor.
     ``remove_position_mean``: subtract from every layer (and target) its mean over the images at each grid position
     first, so that the analysis sees only image-dependent variation, not the part of a token fixed by its position
-    (at initialisation the sin-cos position embedding dominates every layer).
+    (at initialisation the sin-cos position embedding dominates every layer). A non-empty ``out_dir`` is refused
+    unless ``overwrite``.
     """
     start = time.perf_counter()
     source = type(model).__name__ if not isinstance(model, str) else model + (f" ({weights})" if weights != "teacher"
@@ -380,6 +381,7 @@ def analyze(model: torch.nn.Module | str, dataset: Any, num_images: int, out_dir
         encoder = encoder.to(device)
     config = encoder.config
     out_dir = Path(out_dir)
+    check_output(out_dir, overwrite, inputs=[model, dataset])
     out_dir.mkdir(parents=True, exist_ok=True)
 
     pixel_values = load_pixel_values(dataset, num_images, tuple(config.image_hw), split)

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
-from ..checkpoints import load_encoder, save_model_folder
+from ..checkpoints import check_output, load_encoder, save_model_folder
 from ..configuration_bootleg import PROBE_TYPES, BootlegConfig
 from ..data import EvalTransform, ProbeTrainTransform, load_image_dataset
 from ..image_processing_bootleg import make_eval_image_processor
@@ -164,14 +164,18 @@ def top1(encoder: BootlegModel, sweeps: dict[str, ProbeSweep], loader, device: t
 
 
 def run_probes(model: str | BootlegModel, dataset: str | datasets.DatasetDict = "fashion-mnist",
-               settings: ProbeSettings | None = None, out: str | Path | None = None) -> dict[str, Any]:
+               settings: ProbeSettings | None = None, out: str | Path | None = None,
+               overwrite: bool = False) -> dict[str, Any]:
     """Train the lr × wd sweep of every probe type on a frozen encoder (`model`: anything `load_encoder` takes) and
     return the results: per type the full grid (`top1` in %, final-epoch `train_loss`) and the best point.
 
     With `out`, also writes `probe_results.json` / `.md`, the best head of each type (`heads/<type>.safetensors`) and
     `classifier/`, a `BootlegForImageClassification` folder for the best probe with a processor doing the evaluation
-    crop, which `pipeline("image-classification", model=...)` loads."""
+    crop, which `pipeline("image-classification", model=...)` loads. A non-empty `out` is refused (before any work)
+    unless `overwrite`."""
     s = settings or ProbeSettings()
+    if out is not None:
+        check_output(out, overwrite, inputs=[model])
     start = time.perf_counter()
     device = torch.device(s.device) if s.device is not None else default_device()
     encoder = load_encoder(model, s.weights).requires_grad_(False).to(device)
@@ -223,7 +227,7 @@ def save_probe_outputs(results: dict[str, Any], sweeps: dict[str, ProbeSweep], e
     kind = results["best_probe"]
     best_head = sweeps[kind].heads[results["probes"][kind]["best"]["index"]].state_dict()
     classifier = BootlegForImageClassification.from_encoder(encoder, best_head, id2label=label_names, probe_type=kind)
-    save_model_folder(classifier, out / "classifier", make_eval_image_processor(encoder.config))
+    save_model_folder(classifier, out / "classifier", make_eval_image_processor(encoder.config), overwrite=True)
     write_report(out, "probe_results", results, probe_markdown(results))
 
 

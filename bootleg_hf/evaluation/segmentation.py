@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
-from ..checkpoints import load_encoder, save_model_folder
+from ..checkpoints import check_output, load_encoder, save_model_folder
 from ..data import MOSAIC_LABELS, decode_image, make_mosaic_segmentation
 from ..image_processing_bootleg import make_image_processor
 from ..modeling_bootleg import BootlegModel
@@ -393,13 +393,17 @@ def train_heads(kind: str, config, train_tokens: torch.Tensor, train_labels: tor
 
 
 def run_segmentation(model: str | BootlegModel, dataset: str | datasets.DatasetDict = "mosaic",
-                     settings: SegmentationSettings | None = None, out: str | Path | None = None) -> dict[str, Any]:
+                     settings: SegmentationSettings | None = None, out: str | Path | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Score the segmentation probes on a frozen encoder (`model`: anything `load_encoder` takes) and return the
     results: every kNN setting and each trained head with mIoU / pixel accuracy (in %), plus the best of each family.
 
     With `out`, also writes `segment_results.json` / `.md` and the best Lin/Blk head as `segmenter/`, a
-    `BootlegForSemanticSegmentation` folder with processor that `pipeline("image-segmentation", model=...)` loads."""
+    `BootlegForSemanticSegmentation` folder with processor that `pipeline("image-segmentation", model=...)` loads. A
+    non-empty `out` is refused (before any work) unless `overwrite`."""
     s = settings or SegmentationSettings()
+    if out is not None:
+        check_output(out, overwrite, inputs=[model, dataset])
     start = time.perf_counter()
     device = torch.device(s.device) if s.device is not None else default_device()
     encoder = load_encoder(model, s.weights).requires_grad_(False).to(device)
@@ -451,7 +455,7 @@ def run_segmentation(model: str | BootlegModel, dataset: str | datasets.DatasetD
             segmenter = BootlegForSemanticSegmentation.from_encoder(
                 encoder, trained[best_kind].state_dict(), id2label=label_names, segmentation_head=best_kind,
                 image_size=size, semantic_loss_ignore_index=s.ignore_index[0] if s.ignore_index else 255)
-            save_model_folder(segmenter, Path(out) / "segmenter")
+            save_model_folder(segmenter, Path(out) / "segmenter", overwrite=True)
             results["saved_head"] = best_kind
         write_report(out, "segment_results", results, segment_markdown(results))
     return results
