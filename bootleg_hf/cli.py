@@ -330,7 +330,7 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
 measure it with the paper's frozen probes against a random-init encoder of the same shape, publish both as Hub-ready
 folders (dry run), reload them through transformers and plot what happened.
 
-    bootleg-demo                                   # ~7 minutes on 2 CPU cores
+    bootleg-demo                                   # ~5 minutes on 2 CPU cores
     bootleg-demo --steps 1500 --probe-epochs 8     # a longer budget
     bootleg-demo --dataset /path/to/images         # your own images (class folders)""")
     p.add_argument("--out", default="demo_out")
