@@ -121,13 +121,13 @@ def run_lock(output_dir: Path) -> Iterator[None]:
     output_dir.mkdir(parents=True, exist_ok=True)
     lock = output_dir / LOCK_FILE
     me = f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(2):
+    for attempt in range(2):  # a stale lock is taken over once; every other way out of the loop breaks or raises
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
             pid, _, host = lock.read_text().partition(" ")
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            if attempt == 0 and host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
                 logger.warning("removing the stale lock of process %s in %s", pid, output_dir)
                 lock.unlink(missing_ok=True)
                 continue

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import needs_fmnist
+from conftest import needs_fmnist, tiny_config
 from PIL import Image
 from safetensors.torch import load_file
 
+from bootleg_hf import BootlegModel
 from bootleg_hf.cli import pretrain_main
 from bootleg_hf.data import check_image_folder, write_image_folder
 from bootleg_hf.pretraining import LOCK_FILE, OutputDirError, PretrainSettings, build_trainer, run_pretraining
@@ -321,3 +322,39 @@ def test_nested_class_folders_and_unsafe_label_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match="label '..' of row 1 cannot be a folder name"):
         write_image_folder(rows, tmp_path / "out")
     assert not (tmp_path / "0.png").exists() and not any(p.suffix == ".png" for p in tmp_path.glob("*"))
+
+
+# ---- every command that writes a folder -------------------------------------------------------------------------------
+
+
+def test_commands_refuse_a_non_empty_out_and_their_own_input(tmp_path):
+    """The README's guarantee for the evaluation, mask, conversion and demo commands (export and publish: in
+    test_conversion / test_publish): a non-empty --out is refused before any work and left as it was; --overwrite
+    replaces it; an --out inside the input model folder is refused even with --overwrite."""
+    from bootleg_hf.cli import analyze_main, convert_timm_main, demo_main, masks_main, probe_main, segment_main
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep")
+    model = tmp_path / "encoder"
+    BootlegModel(tiny_config()).save_pretrained(model)
+    commands = {
+        "probe": lambda out, *flag: probe_main(["--model", str(model), "--out", str(out), *flag]),
+        "segment": lambda out, *flag: segment_main(["--model", str(model), "--out", str(out), *flag]),
+        "analyze": lambda out, *flag: analyze_main(["--model", str(model), "--out", str(out), *flag]),
+        "masks": lambda out, *flag: masks_main(["--grid", "8", "8", "--batches", "2", "--batch-size", "4", "--out",
+                                                str(out), *flag]),
+        "convert-timm": lambda out, *flag: convert_timm_main(["--out", str(out), *flag]),
+        "demo": lambda out, *flag: demo_main(["--smoke", "--out", str(out), *flag]),
+    }
+    for name, command in commands.items():
+        with pytest.raises(ValueError, match="exists and is not empty"):
+            command(taken)
+        assert sorted(p.name for p in taken.iterdir()) == ["mine.txt"], name
+    for name in ("probe", "segment", "analyze"):
+        with pytest.raises(ValueError, match="overlap"):
+            commands[name](model / "results", "--overwrite")
+        assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.safetensors"], name
+    assert masks_main(["--grid", "8", "8", "--batches", "2", "--batch-size", "4", "--out", str(taken),
+                       "--overwrite"]) == 0
+    assert (taken / "mask_stats.json").is_file()
