@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from transformers import set_seed
 
 from .checkpoints import encoder_copy, save_model_folder
@@ -212,7 +213,16 @@ def run_pretraining(settings: PretrainSettings, **training_overrides: Any) -> Bo
             if transform.num_skipped:
                 print(f"warning: {transform.num_skipped} unreadable images were skipped (their paths are in the log "
                       "above)")
+        end_process_group()
     return trainer
+
+
+def end_process_group() -> None:
+    """Wait for the process writing the final folders, then close the process group: a rank that exits with the gloo
+    group still open aborts ("terminate called without an active exception") and fails the whole torchrun job."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 __all__ = ["PretrainSettings", "OutputDirError", "initial_model", "holds_run", "last_complete_checkpoint",
