@@ -17,8 +17,8 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForSemanticSegmentation,
-    BeitImageProcessor,
-    BeitImageProcessorPil,
+    MobileNetV2ImageProcessor,
+    MobileNetV2ImageProcessorPil,
 )
 
 from .configuration_bootleg import PRESETS, BootlegConfig
@@ -32,8 +32,8 @@ AutoModel.register(BootlegConfig, BootlegModel, exist_ok=True)
 AutoBackbone.register(BootlegConfig, BootlegBackbone, exist_ok=True)
 AutoModelForImageClassification.register(BootlegConfig, BootlegForImageClassification, exist_ok=True)
 AutoModelForSemanticSegmentation.register(BootlegConfig, BootlegForSemanticSegmentation, exist_ok=True)
-AutoImageProcessor.register(BootlegConfig, image_processor_classes={"pil": BeitImageProcessorPil,
-                                                                    "torchvision": BeitImageProcessor}, exist_ok=True)
+AutoImageProcessor.register(BootlegConfig, image_processor_classes={"pil": MobileNetV2ImageProcessorPil,
+                                                                    "torchvision": MobileNetV2ImageProcessor}, exist_ok=True)
 
 # public name → the module that defines it, imported on first access
 _LAZY = {
@@ -42,16 +42,17 @@ _LAZY = {
     "BootlegForPretraining": "modeling_bootleg_pretraining", "BootlegPredictor": "modeling_bootleg_pretraining",
     "BootlegPretrainingOutput": "modeling_bootleg_pretraining",
     "MSELossNoForward": "losses", "mse_loss": "losses",
-    "BootlegTrainer": "trainer", "BootlegTrainingArguments": "trainer", "NonFiniteLossError": "trainer",
+    "BootlegTrainer": "trainer", "BootlegTrainingArguments": "trainer", "BootlegEMACallback": "trainer", "NonFiniteLossError": "trainer",
     "bootleg_to_timm": "conversion", "config_from_timm": "conversion", "timm_to_bootleg": "conversion",
     "make_image_processor": "image_processing_bootleg",
+    "make_segmentation_image_processor": "image_processing_bootleg",
     "load_encoder": "checkpoints", "save_model_folder": "checkpoints", "export_pretrained": "checkpoints",
     "build_probe": "modeling_bootleg_heads", "ProbeSweep": "evaluation.classification",
 }
 _SUBMODULES = {"checkpoints", "cli", "configuration_bootleg", "conversion", "data", "demo", "evaluation",
                "image_processing_bootleg", "losses", "mask_statistics", "masking", "modeling_bootleg",
                "modeling_bootleg_heads", "modeling_bootleg_pretraining", "optim", "pretraining", "publishing",
-               "recipes", "reports", "targets", "trainer"}
+               "recipes", "release", "reports", "targets", "trainer"}
 
 
 def __getattr__(name: str) -> Any:

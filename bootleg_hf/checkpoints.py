@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from transformers import BeitImageProcessorPil, PreTrainedModel
+from transformers import BaseImageProcessor, PreTrainedModel
 
 from .configuration_bootleg import BootlegConfig
 from .conversion import KeyMismatchError, check_keys
-from .image_processing_bootleg import make_image_processor
+from .image_processing_bootleg import default_image_processor
 from .modeling_bootleg import BootlegModel
 from .modeling_bootleg_heads import BootlegForImageClassification, BootlegForSemanticSegmentation
 from .modeling_bootleg_pretraining import BootlegForPretraining
@@ -153,9 +153,9 @@ def replacing_folder(out: str | os.PathLike, overwrite: bool = False,
         shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model_folder(model: PreTrainedModel, out: str | os.PathLike, processor: BeitImageProcessorPil | None = None,
+def save_model_folder(model: PreTrainedModel, out: str | os.PathLike, processor: BaseImageProcessor | None = None,
                       *, overwrite: bool = False) -> Path:
-    """`save_pretrained` (safetensors) plus an image processor config (default: `make_image_processor`), so
+    """`save_pretrained` (safetensors) plus an image processor config (default: `default_image_processor`), so
     `AutoModel…from_pretrained` and `pipeline(...)` load the folder directly; returns the folder.
 
     Written atomically (`replacing_folder`): a non-empty `out` is replaced only with `overwrite=True`. A model with a
@@ -164,7 +164,7 @@ def save_model_folder(model: PreTrainedModel, out: str | os.PathLike, processor:
     check_finite(model.state_dict().items(), f"{type(model).__name__} not saved to {out}")
     with replacing_folder(out, overwrite) as build:
         model.save_pretrained(build)
-        (processor or make_image_processor(model.config)).save_pretrained(build)
+        (processor or default_image_processor(model.config, type(model).__name__)).save_pretrained(build)
     return Path(out)
 
 
@@ -180,36 +180,50 @@ def read_labels(labels: str | os.PathLike | list[str]) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def read_head(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A trained head file's state dict and metadata (`bootleg-probe` / `bootleg-segment` record the head's kind,
+    class names and, for segmentation, the input size there)."""
+    with safe_open(path, framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+
+
 def export_pretrained(checkpoint: str | os.PathLike, out: str | os.PathLike, student: bool = False,
                       probe_head: str | os.PathLike | None = None, probe_type: str | None = None,
                       segmentation_head: str | os.PathLike | None = None, segmentation_type: str | None = None,
                       labels: str | os.PathLike | list[str] | None = None, overwrite: bool = False) -> Path:
     """Pretraining (or encoder) folder → inference folder: the encoder (teacher weights unless `student`), or with a
-    trained head (a safetensors state dict of the head module) a classification (`probe_head`, `probe_type`: default
-    the head file's `probe_type` metadata, else the config's) or segmentation (`segmentation_head`,
-    `segmentation_type`) model with the class names `labels`.
+    trained head (a safetensors state dict of the head module, as `bootleg-probe` and `bootleg-segment` write them
+    under `heads/`) a classification (`probe_head`) or segmentation (`segmentation_head`) model.
+
+    The head's type (`probe_type` / `segmentation_type`) and class names (`labels`) default to what the head file's
+    metadata records, else the config's type; a segmentation head also takes its input size and ignored label from
+    there, so the exported model computes the logits the head was evaluated with (its processor resizes to that size).
 
     `out` may not overlap any input; a non-empty `out` is replaced only with `overwrite=True` (`check_output`).
     """
     if probe_head is not None and segmentation_head is not None:
         raise ValueError("attach a probe head or a segmentation head, not both (one model per folder)")
     check_output(out, overwrite, [checkpoint, probe_head, segmentation_head, labels])
-    encoder = load_encoder(checkpoint, "student" if student else "teacher")
     head = probe_head if probe_head is not None else segmentation_head
+    head_state, metadata = read_head(head) if head is not None else ({}, {})
+    if head is not None and labels is None and "labels" not in metadata:
+        raise ValueError(f"{head} records no class names: pass labels (a list, a JSON or a text file)")
+    encoder = load_encoder(checkpoint, "student" if student else "teacher")
     if head is None:
         return save_model_folder(encoder, out, overwrite=overwrite)
-    if labels is None:
-        raise ValueError("a head needs its class names: pass labels (a list, a JSON or a text file)")
-    with safe_open(head, framework="pt") as f:
-        head_state = {k: f.get_tensor(k) for k in f.keys()}
-        metadata = f.metadata() or {}
-    if probe_head is not None:  # training/probe.py records the type in the head file's metadata
-        probe_type = probe_type or metadata.get("probe_type") or encoder.config.probe_type
-        model = BootlegForImageClassification.from_encoder(encoder, id2label=read_labels(labels), probe_type=probe_type)
+    id2label = read_labels(labels) if labels is not None else json.loads(metadata["labels"])
+    if probe_head is not None:
+        model = BootlegForImageClassification.from_encoder(
+            encoder, id2label=id2label,
+            probe_type=probe_type or metadata.get("probe_type") or encoder.config.probe_type)
     else:
-        segmentation_type = segmentation_type or encoder.config.segmentation_head
-        model = BootlegForSemanticSegmentation.from_encoder(encoder, id2label=read_labels(labels),
-                                                            segmentation_head=segmentation_type)
+        updates = {"segmentation_head": segmentation_type or metadata.get("segmentation_head")
+                   or encoder.config.segmentation_head}
+        if "image_size" in metadata:  # the size the head was trained and scored at
+            updates["image_size"] = int(metadata["image_size"])
+        if json.loads(metadata.get("ignore_index", "[]")):
+            updates["semantic_loss_ignore_index"] = json.loads(metadata["ignore_index"])[0]
+        model = BootlegForSemanticSegmentation.from_encoder(encoder, id2label=id2label, **updates)
     target = getattr(model, model.head_name)
     check_keys(head_state, target.state_dict(), f"head {head} → {type(model).__name__}.{model.head_name}")
     target.load_state_dict(head_state)

@@ -1,15 +1,14 @@
 """Command-line entry points: argument parsing and one library call each.
 
 Installed as console scripts (`bootleg-pretrain`, `bootleg-probe`, `bootleg-segment`, `bootleg-analyze`,
-`bootleg-masks`, `bootleg-ablation`, `bootleg-demo`, `bootleg-export`, `bootleg-publish`, `bootleg-convert-timm`,
-`bootleg-convert-ijepa`); the files in `training/` and `conversion/` of a clone run the same functions. Every
-function takes `argv` (default: the command line) and returns the process exit status.
+`bootleg-masks`, `bootleg-ablation`, `bootleg-demo`, `bootleg-export`, `bootleg-publish`, `bootleg-release`,
+`bootleg-convert-timm`, `bootleg-convert-ijepa`); the files in `training/` and `conversion/` of a clone run the
+same functions. Every function takes `argv` (default: the command line) and returns the process exit status.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,8 +130,10 @@ lr × wd grid of heads trained at once on one frozen encoder pass per batch; the
     bootleg-probe --model runs/micro --dataset fashion-mnist --out results/micro
     bootleg-probe --model random:vit-micro --epochs 10 --out results/random-micro   # the random-init baseline
 
-Writes probe_results.json / .md, the best head of each type (heads/<type>.safetensors) and classifier/, a
-BootlegForImageClassification folder for the best probe that pipeline("image-classification") loads.""")
+Writes probe_results.json (format bootleg-results/1: best point and grid per probe, which bootleg-publish reads) /
+.md, the best head of each type (heads/<type>.safetensors, which bootleg-export --probe-head attaches) and
+classifier/, a BootlegForImageClassification folder for the best probe that pipeline("image-classification")
+loads.""")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--weights", choices=("teacher", "student"), default="teacher",
                    help="which encoder of a pretraining checkpoint (default: the EMA teacher)")
@@ -178,8 +179,10 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
 --dataset mosaic (default) is the embedded 2×2 Fashion-MNIST mosaic task (56×56, labels 0 = background, 1..10);
 otherwise a folder written by Dataset.save_to_disk or a Hub dataset with image and mask columns. Images are resized
 to R×R with the model's image processor (R = --image-size, default the encoder's) and masks to R×R (nearest);
-features are computed once. Writes segment_results.json / .md and segmenter/, a BootlegForSemanticSegmentation
-folder for the best Lin/Blk head that pipeline("image-segmentation") loads.""")
+features are computed once. Writes segment_results.json (format bootleg-results/1, which bootleg-publish reads) /
+.md, the best Lin and Blk heads (heads/<kind>.safetensors, which bootleg-export --segmentation-head attaches) and
+segmenter/, a BootlegForSemanticSegmentation folder for the best of them that pipeline("image-segmentation")
+loads.""")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--weights", choices=("teacher", "student"), default="teacher")
     p.add_argument("--dataset", default="mosaic", help="mosaic, a save_to_disk folder or a Hub dataset")
@@ -370,13 +373,16 @@ inference folder.
 
     bootleg-export runs/micro/checkpoint-500 --out bootleg-micro                  # teacher encoder
     bootleg-export runs/micro --student --out bootleg-micro-student
-    bootleg-export runs/micro --probe-head probes/xblk.safetensors --labels labels.json --out bootleg-micro-xblk
-    bootleg-export runs/micro --segmentation-head seg/blk.safetensors --segmentation-type blk \\
-        --labels background item --out bootleg-micro-seg
+    bootleg-export runs/micro --probe-head probes/heads/xblk.safetensors --out bootleg-micro-xblk
+    bootleg-export runs/micro --segmentation-head seg/heads/blk.safetensors --out bootleg-micro-seg
+    bootleg-export runs/micro --probe-head my_head.safetensors --probe-type cls --labels labels.json --out x
 
 The output holds config.json, model.safetensors and the image processor config: no student/predictor weights,
 optimizer state or other pickles. The source may also be an encoder folder (e.g. a converted I-JEPA checkpoint) to
-attach a head to. --labels takes class names, or one JSON (list or id2label) or text file (one name per line).""")
+attach a head to. The head files of bootleg-probe and bootleg-segment (their heads/ folders) record the head's type,
+class names and (segmentation) input size, so the exported model gives the logits the head was scored with; for other
+head files pass --probe-type / --segmentation-type and --labels (class names, or one JSON (list or id2label) or text
+file with one name per line).""")
     p.add_argument("checkpoint", help="BootlegForPretraining folder (save_pretrained / Trainer checkpoint)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--student", action="store_true", help="export the student instead of the EMA teacher")
@@ -385,13 +391,13 @@ attach a head to. --labels takes class names, or one JSON (list or id2label) or 
     heads.add_argument("--segmentation-head", help="trained segmentation head (safetensors) → "
                                                    "BootlegForSemanticSegmentation")
     p.add_argument("--probe-type", choices=PROBE_TYPES,
-                   help="type of --probe-head (default: the head file's probe_type metadata, else the config's)")
-    p.add_argument("--segmentation-type", choices=SEGMENTATION_HEADS, help="type of --segmentation-head")
-    p.add_argument("--labels", nargs="+", help="class names, or one .json / .txt file with them")
+                   help="type of --probe-head (default: the head file's metadata, else the config's)")
+    p.add_argument("--segmentation-type", choices=SEGMENTATION_HEADS,
+                   help="type of --segmentation-head (default: the head file's metadata, else the config's)")
+    p.add_argument("--labels", nargs="+",
+                   help="class names, or one .json / .txt file with them (default: the head file's metadata)")
     _add_overwrite(p)
     a = p.parse_args(argv)
-    if (a.probe_head or a.segmentation_head) and not a.labels:
-        p.error("a head needs --labels")
     labels = a.labels[0] if a.labels and len(a.labels) == 1 and Path(a.labels[0]).is_file() else a.labels
     try:
         out = export_pretrained(a.checkpoint, a.out, student=a.student, probe_head=a.probe_head,
@@ -406,19 +412,22 @@ attach a head to. --labels takes class names, or one JSON (list or id2label) or 
 
 
 def publish_main(argv: Sequence[str] | None = None) -> int:
-    from .publishing import PublishError, RemoteCodeError, build_hub_folder, upload
+    from .publishing import PublishError, RemoteCodeError, build_hub_folder, load_results, training_facts, upload
 
     p = _parser("""Build a Hub folder from a Bootleg encoder / classification / segmentation folder and upload it.
 
     bootleg-publish runs/micro/encoder --repo-id me/bootleg-vit-micro --probe-results probe_results.json \\
-        --recipe vit-micro --dataset zalando-datasets/fashion_mnist [--private] [--revision v1]
+        --probe-results segment_results.json --recipe vit-micro --dataset zalando-datasets/fashion_mnist \\
+        --training-run runs/micro [--private] [--revision v1]
     bootleg-publish ijepa-vith14 --repo-id me/ijepa-vith14-bootleg --license cc-by-nc-4.0 \\
         --base-model facebook/ijepa_vith14_1k --converted --dry-run
 
 The folder (default <source>-hub) gets config.json with auto_map for every Auto class, the modeling code those need
 (so trust_remote_code=True works without bootleg-hf), safetensors weights only, the processor config and a README.md
-model card (YAML metadata with model-index from the probe results). --dry-run stops after writing the folder. The
-token comes from --token, HF_TOKEN or `hf auth login`. Exit status 0 only when the commit holds every file.""")
+model card (YAML metadata with model-index from the probe results; with --training-run, the run's steps, batch,
+images seen and loss end points). --dry-run stops after writing the folder. The token comes from --token, HF_TOKEN or
+`hf auth login`. Exit status 0 only when the commit holds every file. Unreadable results or run folders are refused
+before anything is written.""")
     p.add_argument("source", help="folder from save_pretrained (BootlegModel / …ForImageClassification / "
                                   "…ForSemanticSegmentation)")
     p.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
@@ -432,7 +441,10 @@ token comes from --token, HF_TOKEN or `hf auth login`. Exit status 0 only when t
     p.add_argument("--license", default="apache-2.0", help="e.g. cc-by-nc-4.0 for weights converted from Meta's")
     p.add_argument("--dataset", action="append", default=[], help="Hub id of a training dataset (repeatable)")
     p.add_argument("--probe-results", action="append", default=[],
-                   help="probe results JSON: bootleg-probe's or see bootleg_hf.publishing.probe_rows (repeatable)")
+                   help="results JSON of bootleg-probe or bootleg-segment (format bootleg-results/1, see "
+                        "bootleg_hf.publishing.read_results; repeatable)")
+    p.add_argument("--training-run", help="the pretraining run folder, whose trainer state gives the card's training "
+                                          "facts (with --recipe and the first --dataset)")
     p.add_argument("--recipe", help="training recipe (a shipped name or a YAML file) to quote in the card")
     p.add_argument("--base-model", help="Hub id of the model these weights come from")
     p.add_argument("--converted", action="store_true",
@@ -445,11 +457,14 @@ token comes from --token, HF_TOKEN or `hf auth login`. Exit status 0 only when t
     try:
         from .recipes import recipe_path
 
-        probe_results = [json.loads(Path(path).read_text()) for path in a.probe_results]
+        probe_results = [load_results(path) for path in a.probe_results]  # checked before anything is written
         recipe_text = recipe_path(a.recipe).read_text() if a.recipe else None
+        training = training_facts(a.training_run, a.recipe, dataset=(a.dataset or [None])[0]) \
+            if a.training_run else None
         folder = build_hub_folder(a.source, out, a.repo_id, overwrite=a.overwrite, license=a.license,
                                   datasets=a.dataset, probe_results=probe_results, recipe_text=recipe_text,
-                                  base_model=a.base_model, converted=a.converted, model_name=a.model_name)
+                                  base_model=a.base_model, converted=a.converted, model_name=a.model_name,
+                                  training=training)
         print(f"wrote {folder}: {', '.join(sorted(q.name for q in folder.iterdir()))}")
         if a.dry_run:
             print("dry run: nothing uploaded")
@@ -463,21 +478,163 @@ token comes from --token, HF_TOKEN or `hf auth login`. Exit status 0 only when t
     return 0
 
 
+def release_main(argv: Sequence[str] | None = None) -> int:
+    from .configuration_bootleg import PROBE_TYPES
+    from .evaluation.classification import PROBE_GRID, ProbeSettings
+    from .evaluation.segmentation import KNN_KS, SEGMENTATION_PROBES, SegmentationSettings
+    from .pretraining import OutputDirError, PretrainSettings
+    from .publishing import PublishError, RemoteCodeError, ResultsError
+    from .recipes import RecipeError
+    from .release import ReleaseError, ReleaseSettings, run_release, upload_release
+
+    p = _parser("""Release a Bootleg checkpoint: pretrain from a recipe (or --resume the run), run the classification
+and segmentation probes on the teacher, export the encoder, the best classifier and the best segmenter, build their
+Hub folders (model cards with the measured numbers and the run's training facts) and publish them.
+
+    bootleg-release --recipe vit-micro --max-steps 200 --repo-id me/bootleg-micro --out runs/release   # dry run
+    bootleg-release --out runs/release --upload-only          # then upload what the dry run built
+    bootleg-release ... --repo-id me/bootleg-micro --push     # all in one go
+
+A dry run (the default) builds everything and prints what would be uploaded where; --push uploads (token from
+--token, HF_TOKEN or `hf auth login`, checked before training starts). Repos: the encoder to --repo-id org/name, the
+classifier to org/name-<probe data>-cls and the segmenter to org/name-<segmentation data>-seg (e.g.
+org/bootleg-vitb16-imagenet-1k-cls) unless --classifier-repo-id / --segmenter-repo-id say otherwise.
+
+--out gets pretrain/ (the run), probes/, segmentation/, models/ (exported folders), hub/ (Hub folders), results.json
+and release.json. A non-empty --out is refused unless --overwrite (replaces what a release writes) or --resume
+(continues the run in <out>/pretrain; with --overwrite the probes, exports and Hub folders are redone). Under
+torchrun every process pretrains, then the first one alone measures and publishes. Probe and segmentation sizes of 0
+mean the whole split.""")
+    p.add_argument("--repo-id", help="Hub repo of the encoder, namespace/name (required unless --upload-only)")
+    p.add_argument("--out", default="release", help="release folder")
+    run = p.add_argument_group("pretraining (see bootleg-pretrain)")
+    run.add_argument("--recipe", default="vit-micro", help="a shipped recipe name or a YAML file")
+    run.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
+    run.add_argument("--split", default="train")
+    _add_set(run)
+    run.add_argument("--max-steps", type=_positive, help="training steps (overrides the recipe's epochs)")
+    run.add_argument("--batch-size", type=_positive, help="global batch size (overrides the recipe)")
+    run.add_argument("--limit", type=_positive, help="pretrain on the first N images only")
+    run.add_argument("--num-workers", type=int, default=0, help="data-loader workers (pretraining and probes)")
+    run.add_argument("--resume", action="store_true", help="continue the run in <out>/pretrain")
+    run.add_argument("--weights", choices=("teacher", "student"), default="teacher",
+                     help="the encoder that is measured and released (default: the EMA teacher)")
+    run.add_argument("--seed", type=int, default=0)
+    cls = p.add_argument_group("classification probes (see bootleg-probe)")
+    cls.add_argument("--probes", type=_names, default=list(PROBE_TYPES), help="comma list of patch, cls, xattn, xblk")
+    cls.add_argument("--probe-dataset", help="default: --dataset")
+    cls.add_argument("--probe-test-split", default="test", help="e.g. validation for ImageNet-1k")
+    cls.add_argument("--probe-epochs", type=_positive, default=10)
+    cls.add_argument("--probe-batch-size", type=_positive, default=256)
+    cls.add_argument("--probe-train", type=int, default=0, help="training images (0: all)")
+    cls.add_argument("--probe-test", type=int, default=0, help="test images (0: all)")
+    cls.add_argument("--probe-lrs", type=_floats, default=list(PROBE_GRID))
+    cls.add_argument("--probe-wds", type=_floats, default=list(PROBE_GRID))
+    seg = p.add_argument_group("segmentation probes (see bootleg-segment)")
+    seg.add_argument("--seg-probes", type=_names, default=list(SEGMENTATION_PROBES),
+                     help="comma list of knn, lin, blk; 'none' skips segmentation and the segmenter")
+    seg.add_argument("--seg-dataset", default="mosaic", help="mosaic, a save_to_disk folder or a Hub dataset")
+    seg.add_argument("--seg-test-split", default="test")
+    seg.add_argument("--seg-image-column", default="image")
+    seg.add_argument("--seg-mask-column", default="mask")
+    seg.add_argument("--seg-train", type=int, default=1000, help="training images (0: all)")
+    seg.add_argument("--seg-test", type=int, default=250, help="test images (0: all)")
+    seg.add_argument("--seg-epochs", type=_positive, default=40)
+    seg.add_argument("--seg-lrs", type=_floats, default=None, help="Lin/Blk learning rates (default: per head)")
+    seg.add_argument("--seg-ks", type=_ints, default=list(KNN_KS))
+    seg.add_argument("--seg-image-size", type=int, default=None, help="default: the encoder's")
+    seg.add_argument("--seg-num-labels", type=int, default=None, help="default: max label in train + 1")
+    seg.add_argument("--seg-ignore-index", type=_ints, default=[255], help="comma list of label values not scored")
+    hub = p.add_argument_group("Hub")
+    hub.add_argument("--classifier-repo-id", help="default: <repo-id>-<probe data>-cls")
+    hub.add_argument("--segmenter-repo-id", help="default: <repo-id>-<segmentation data>-seg")
+    hub.add_argument("--license", default="apache-2.0")
+    hub.add_argument("--push", action="store_true", help="upload (default: dry run)")
+    hub.add_argument("--upload-only", action="store_true",
+                     help="upload the Hub folders an earlier (dry) run of this release built in --out, nothing else")
+    hub.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    hub.add_argument("--private", action="store_true")
+    hub.add_argument("--revision", help="branch to commit to (created from main if missing)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default=None, help="device of the probes (default: cuda if available, else cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier release in --out")
+    a = p.parse_args(argv)
+    if not a.upload_only and not a.repo_id:
+        p.error("--repo-id is required (unless --upload-only)")
+    _set_threads(a.threads)
+    try:
+        if a.upload_only:
+            upload_release(a.out, token=a.token, private=a.private, revision=a.revision)
+            return 0
+        segmentation = None if a.seg_probes == ["none"] else SegmentationSettings(
+            probes=a.seg_probes, limit_train=a.seg_train or None, limit_test=a.seg_test or None,
+            image_size=a.seg_image_size, epochs=a.seg_epochs, lrs=a.seg_lrs, ks=a.seg_ks,
+            ignore_index=a.seg_ignore_index, num_labels=a.seg_num_labels, test_split=a.seg_test_split,
+            image_column=a.seg_image_column, mask_column=a.seg_mask_column, seed=a.seed, device=a.device)
+        run_release(ReleaseSettings(
+            repo_id=a.repo_id, out=a.out, weights=a.weights, resume=a.resume, overwrite=a.overwrite,
+            pretrain=PretrainSettings(recipe=a.recipe, overrides=a.overrides, dataset=a.dataset, split=a.split,
+                                      limit=a.limit, max_steps=a.max_steps, batch_size=a.batch_size,
+                                      num_workers=a.num_workers, seed=a.seed),
+            probes=ProbeSettings(probes=a.probes, epochs=a.probe_epochs, batch_size=a.probe_batch_size,
+                                 limit_train=a.probe_train or None, limit_test=a.probe_test or None, lrs=a.probe_lrs,
+                                 wds=a.probe_wds, test_split=a.probe_test_split, seed=a.seed,
+                                 num_workers=a.num_workers, device=a.device),
+            probe_dataset=a.probe_dataset, segmentation=segmentation, segmentation_dataset=a.seg_dataset,
+            classifier_repo_id=a.classifier_repo_id, segmenter_repo_id=a.segmenter_repo_id, license=a.license,
+            push=a.push, token=a.token, private=a.private, revision=a.revision))
+    except (ReleaseError, PublishError, RemoteCodeError, ResultsError, RecipeError, OutputDirError,
+            FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def convert_timm_main(argv: Sequence[str] | None = None) -> int:
-    from .conversion import bootleg_to_timm, timm_model_to_bootleg
+    import ast
 
-    p = _parser("""Convert a timm VisionTransformer (class token, R registers, no_embed_class=True, sin-cos pos_embed)
-to a Bootleg encoder folder, or a Bootleg folder back to a timm state dict.
+    from .conversion import bootleg_to_timm, build_timm_model, timm_image_processor, timm_vit_to_bootleg
 
+    def timm_arg(text: str) -> tuple[str, object]:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        try:
+            return key, ast.literal_eval(value)  # numbers, booleans, tuples, None
+        except (ValueError, SyntaxError):
+            return key, value  # a plain word, e.g. global_pool=avg
+
+    p = _parser("""Convert a timm VisionTransformer to a Bootleg encoder folder, or a Bootleg folder back to a timm
+state dict.
+
+    # Bootleg's twin of an arch (class token, R registers, no_embed_class=True, sin-cos or learned pos_embed)
     bootleg-convert-timm --timm-arch vit_small_patch16_224 --reg-tokens 4 [--checkpoint w.safetensors|.pth] \\
         --out bootleg-vit-small
+    # a standard timm ViT as timm defines it (learned pos_embed incl. the CLS position; head dropped); the image
+    # processor takes the pretrained_cfg's mean/std/crop_pct/interpolation
+    bootleg-convert-timm --layout timm --timm-arch vit_small_patch16_224.augreg_in21k_ft_in1k \\
+        --checkpoint model.safetensors --out vit-small-augreg
+    bootleg-convert-timm --layout timm --timm-arch vit_base_patch16_224 --timm-arg class_token=False \\
+        --timm-arg global_pool=avg --timm-arg fc_norm=False --checkpoint w.pth --out vit-base-avg
     bootleg-convert-timm --reverse --bootleg bootleg-vit-small --out timm.safetensors
 
-Without --checkpoint the timm model keeps its random init with Bootleg's sin-cos table (for parity checks). .pth files
-are read with torch.load(weights_only=True) only.""")
-    p.add_argument("--timm-arch", default="vit_small_patch16_224")
-    p.add_argument("--reg-tokens", type=int, default=4)
+Without --checkpoint the timm model keeps its random init (in the Bootleg layout with Bootleg's sin-cos table), for
+parity checks. Options Bootleg cannot compute exactly (qk_norm, layer scale, fc_norm, pre_norm, other norms or
+activations, attention pooling, ...) are refused with their names before anything is written. .pth files are read
+with torch.load(weights_only=True) only.""")
+    p.add_argument("--timm-arch", default="vit_small_patch16_224", help="timm model name (a .tag picks its "
+                   "pretrained_cfg)")
+    p.add_argument("--layout", choices=["bootleg", "timm"], default="bootleg",
+                   help="bootleg: the arch with --reg-tokens registers and no_embed_class=True, no head (default); "
+                        "timm: the arch as timm registers it")
+    p.add_argument("--reg-tokens", type=int, help="register tokens (default 4 in the bootleg layout, the arch's in "
+                                                   "the timm layout)")
+    p.add_argument("--timm-arg", type=timm_arg, action="append", default=[], metavar="KEY=VALUE", dest="timm_args",
+                   help="timm.create_model keyword, repeatable (values parsed as Python literals, else text)")
     p.add_argument("--checkpoint", help="timm weights (.safetensors or .pth)")
+    p.add_argument("--with-head", action="store_true",
+                   help="keep timm's classifier: writes a BootlegForImageClassification with a 'linear' head (the "
+                        "final-norm CLS or mean patch token → Linear, timm's head exactly)")
     p.add_argument("--reverse", action="store_true", help="Bootleg folder → timm safetensors")
     p.add_argument("--bootleg", help="Bootleg encoder folder (with --reverse)")
     p.add_argument("--out", required=True)
@@ -493,12 +650,24 @@ are read with torch.load(weights_only=True) only.""")
         model = BootlegModel.from_pretrained(a.bootleg)
         state = bootleg_to_timm(model.state_dict(), model.config)
         save_file({k: v.contiguous() for k, v in state.items()}, a.out)
-    else:
-        from .checkpoints import save_model_folder
+        print(f"wrote {Path(a.out).resolve()}")
+        return 0
+    from .checkpoints import check_output, save_model_folder
 
-        save_model_folder(timm_model_to_bootleg(a.timm_arch, a.reg_tokens, a.checkpoint), a.out,
-                          overwrite=a.overwrite)
-    print(f"wrote {Path(a.out).resolve()}")
+    check_output(a.out, a.overwrite)  # a non-empty --out is refused as by every command, before any work
+    try:  # every check runs before anything is written
+        ref = build_timm_model(a.timm_arch, a.reg_tokens, a.checkpoint, a.layout, **dict(a.timm_args))
+        model = timm_vit_to_bootleg(ref, with_head=a.with_head)
+        # the Bootleg twin holds Bootleg weights, evaluated with Bootleg's default view, not the arch's timm one
+        processor = timm_image_processor(ref, model.config) if a.layout == "timm" else None
+        save_model_folder(model, a.out, processor, overwrite=a.overwrite)
+    except (ValueError, FileNotFoundError) as err:  # KeyMismatchError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    c = model.config
+    print(f"wrote {type(model).__name__} (width {c.hidden_size}, depth {c.num_hidden_layers}, CLS {c.use_cls_token}, registers "
+          f"{c.num_register_tokens}, {c.position_embedding_type} position embedding"
+          f"{' incl. prefix rows' if c.position_embedding_includes_prefix else ''}) to {Path(a.out).resolve()}")
     return 0
 
 
@@ -506,33 +675,44 @@ def convert_ijepa_main(argv: Sequence[str] | None = None) -> int:
     from .checkpoints import save_model_folder
     from .conversion import ijepa_to_bootleg
 
-    p = _parser("""Convert an official I-JEPA checkpoint (.pth.tar) into a Bootleg folder.
+    p = _parser("""Convert an I-JEPA checkpoint into a Bootleg folder: an official .pth.tar, or transformers' IJepaModel
+layout (a folder with config.json + model.safetensors or a sharded index, e.g. a download of
+facebook/ijepa_vith14_1k, or one .safetensors file).
 
     bootleg-convert-ijepa --checkpoint IN1K-vit.h.14-300e.pth.tar --out ijepa-vith14
     bootleg-convert-ijepa --checkpoint ... --with-predictor --out ijepa-vith14-pretraining
+    bootleg-convert-ijepa --checkpoint ijepa_vith14_1k/ --out ijepa-vith14
 
 Default: the EMA target_encoder as a BootlegModel without CLS or registers (pooler_output = mean patch token);
 --student takes encoder instead. --with-predictor writes a BootlegForPretraining (student = encoder, teacher =
 target_encoder, I-JEPA's predictor with no predictor registers and targets="final") to continue training. The
 checkpoint is read with torch.load(weights_only=True) only; every key is checked strictly. I-JEPA ViT-H/14 and
-ViT-g/16 use 16 heads (inferred for the official widths; --num-heads otherwise). Meta released the I-JEPA weights
-under CC-BY-NC 4.0: publish conversions with --license cc-by-nc-4.0.""")
-    p.add_argument("--checkpoint", required=True, help="I-JEPA .pth.tar (dict with encoder/target_encoder/predictor)")
+ViT-g/16 use 16 heads (inferred for the official widths; --num-heads otherwise). An IJepaModel checkpoint holds the
+target encoder only; its config.json gives heads, eps and activation (without one: --num-heads, --layer-norm-eps or
+official I-JEPA's). Meta released the I-JEPA weights under CC-BY-NC 4.0: publish conversions with
+--license cc-by-nc-4.0.""")
+    p.add_argument("--checkpoint", required=True, help="I-JEPA .pth.tar (dict with encoder/target_encoder/predictor), "
+                                                       "or an IJepaModel folder / .safetensors file")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--student", action="store_true", help="convert 'encoder' instead of the EMA 'target_encoder'")
     p.add_argument("--with-predictor", action="store_true", help="write a BootlegForPretraining with the predictor")
     p.add_argument("--num-heads", type=int, help="encoder heads (inferred for the official I-JEPA widths)")
     p.add_argument("--predictor-num-heads", type=int, help="predictor heads (default: the encoder's, as in I-JEPA)")
     p.add_argument("--image-size", type=int, nargs="+", help="H [W]; default: square grid from pos_embed × patch")
+    p.add_argument("--layer-norm-eps", type=float, help="LayerNorm eps (default: config.json's, else 1e-6)")
     _add_overwrite(p)
     a = p.parse_args(argv)
     if a.student and a.with_predictor:
         p.error("--with-predictor keeps both encoders (student and teacher); --student applies to encoder-only output")
     image_size = None if a.image_size is None else (a.image_size[0] if len(a.image_size) == 1 else a.image_size[:2])
-    model, notes = ijepa_to_bootleg(a.checkpoint, student=a.student, with_predictor=a.with_predictor,
-                                    num_heads=a.num_heads, predictor_num_heads=a.predictor_num_heads,
-                                    image_size=image_size)
-    save_model_folder(model, a.out, overwrite=a.overwrite)
+    options = {k: v for k, v in dict(num_heads=a.num_heads, predictor_num_heads=a.predictor_num_heads,
+                                     image_size=image_size, layer_norm_eps=a.layer_norm_eps).items() if v is not None}
+    try:  # every check runs before anything is written
+        model, notes = ijepa_to_bootleg(a.checkpoint, student=a.student, with_predictor=a.with_predictor, **options)
+        save_model_folder(model, a.out, overwrite=a.overwrite)
+    except (ValueError, FileNotFoundError) as err:  # KeyMismatchError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     for note in notes:
         print(f"note: {note}")
     c = model.config

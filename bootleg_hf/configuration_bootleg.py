@@ -24,7 +24,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vit-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, predictor_hidden_size=512,
                       predictor_num_hidden_layers=10, predictor_num_attention_heads=16),
 }
-PROBE_TYPES = ("patch", "cls", "xattn", "xblk")
+PROBE_TYPES = ("patch", "cls", "xattn", "xblk")  # the paper's frozen-encoder probes
+# classification heads: the probes, and `linear` (the final-norm CLS or mean patch token → Linear, as timm's and
+# transformers' ViT classifiers, for converted classifiers and fine-tuning)
+HEAD_TYPES = (*PROBE_TYPES, "linear")
+POSITION_EMBEDDING_TYPES = ("sincos", "learned")
 SEGMENTATION_HEADS = ("lin", "blk")
 MASK_MODES = ("bootleg", "ijepa", "random")  # validated in full by `MaskGenerator` (bootleg_hf/masking.py)
 
@@ -58,7 +62,12 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: encoder width, depth, heads and MLP
             width (`intermediate_size` defaults to `mlp_ratio · hidden_size`).
         image_size, patch_size, num_channels: input geometry; the patch grid is `image_size / patch_size`.
-        num_register_tokens: register tokens after CLS (no position embedding). use_cls_token: prepend a CLS token.
+        num_register_tokens: register tokens after CLS. use_cls_token: prepend a CLS token.
+        position_embedding_type: `"sincos"` (default, Bootleg's and I-JEPA's): the fixed 2-D sin-cos table on the
+            patches, regenerated for any grid, no weights; `"learned"`: a trained table `embeddings.pos_embed`
+            `[1, N (+ CLS + registers), D]` (timm's standard ViTs), resized for other grids as timm does.
+        position_embedding_includes_prefix: the learned table also has rows for CLS and the registers, added to them
+            (timm `no_embed_class=False`); otherwise the prefix tokens get no position term.
         predictor_*: width, depth, heads and register tokens of the narrow ViT predictor (docs/design.md §4.1).
         targets, target_merge: teacher targets in the `TargetSpec` grammar; default `default_targets(depth)`.
         mask_*: masking (docs/design.md §5). ema_start, ema_end: teacher momentum schedule endpoints
@@ -84,6 +93,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     num_channels: int = 3
     num_register_tokens: int = 4
     use_cls_token: bool = True
+    position_embedding_type: str = "sincos"
+    position_embedding_includes_prefix: bool = False
     predictor_hidden_size: int = 384
     predictor_num_hidden_layers: int = 10
     predictor_num_attention_heads: int = 16
@@ -164,7 +175,14 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
                              ("predictor_hidden_size", "predictor_num_attention_heads")):
             if getattr(self, width) % getattr(self, heads):
                 raise ValueError(f"{width}={getattr(self, width)} is not divisible by {heads}={getattr(self, heads)}")
-        for width in ("hidden_size", "predictor_hidden_size"):
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(f"position_embedding_type must be one of {POSITION_EMBEDDING_TYPES}, got "
+                             f"'{self.position_embedding_type}'")
+        if self.position_embedding_includes_prefix and self.position_embedding_type != "learned":
+            raise ValueError("position_embedding_includes_prefix=True needs position_embedding_type='learned': the "
+                             "sin-cos table has rows for the patches only")
+        # the predictor always uses the sin-cos table; the encoder only with the default type
+        for width in ("hidden_size", "predictor_hidden_size")[self.position_embedding_type == "learned":]:
             if getattr(self, width) % 4:
                 raise ValueError(f"{width}={getattr(self, width)} must be divisible by 4 for the 2-D sin-cos embedding")
         h, w = self.image_hw
@@ -177,8 +195,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got '{self.mask_mode}'")
-        if self.probe_type not in PROBE_TYPES:
-            raise ValueError(f"probe_type must be one of {PROBE_TYPES}, got '{self.probe_type}'")
+        if self.probe_type not in HEAD_TYPES:
+            raise ValueError(f"probe_type must be one of {HEAD_TYPES}, got '{self.probe_type}'")
         if self.segmentation_head not in SEGMENTATION_HEADS:
             raise ValueError(f"segmentation_head must be one of {SEGMENTATION_HEADS}, got '{self.segmentation_head}'")
         self.target_spec  # parses and checks the blocks against the depth

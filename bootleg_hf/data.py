@@ -604,9 +604,22 @@ class PretrainTransform(_BatchImageTransform):
         super().__init__([crop] + [v2.RandomHorizontalFlip()] * hflip, **options)
 
 
+class CenterCrop:
+    """Centre crop of a PIL image to ``size × size`` with the offsets rounded down, as transformers' image
+    processors crop (torchvision's ``CenterCrop`` rounds them half-up: one pixel apart for odd margins)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        top, left = (img.height - self.size) // 2, (img.width - self.size) // 2
+        return img.crop((left, top, left + self.size, top + self.size))
+
+
 class EvalTransform(_BatchImageTransform):
     """Probe evaluation protocol: resize the shorter side to ``round(image_size / crop_fraction)``
-    (bicubic, antialias), center-crop ``image_size``, normalise → float32 [3, S, S]."""
+    (bicubic, antialias), center-crop ``image_size``, normalise → float32 [3, S, S]; the same pixels as the image
+    processor saved with encoder and classifier folders (`bootleg_hf.image_processing_bootleg.make_image_processor`)."""
 
     def __init__(self, image_size: int, crop_fraction: float = 0.875, **options: Any) -> None:
         if not 0 < crop_fraction <= 1:
@@ -614,7 +627,7 @@ class EvalTransform(_BatchImageTransform):
         v2 = _transforms_v2()
         resize = max(image_size, round(image_size / crop_fraction))
         super().__init__([v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                          v2.CenterCrop(image_size)], **options)
+                          CenterCrop(image_size)], **options)
 
 
 class ProbeTrainTransform(_BatchImageTransform):

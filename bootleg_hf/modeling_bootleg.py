@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,14 @@ class BootlegPatchEmbed(nn.Module):
 
 
 class BootlegEmbeddings(nn.Module):
-    """Patch embedding + sin-cos on patches, optional student gather, then `[CLS, REG×R]` prepended (no position)."""
+    """Patch embedding + position embedding, optional student gather, then `[CLS, REG×R]` prepended.
+
+    `config.position_embedding_type="sincos"` (default): the fixed 2-D table, added to the patches only (CLS and
+    registers get none), regenerated for any grid. `"learned"`: a trained parameter `pos_embed [1, P + N, D]` in timm's
+    layout, whose first P rows (CLS + registers, only with `config.position_embedding_includes_prefix`, timm's
+    `no_embed_class=False`) are added to the prefix tokens; for another grid its patch rows are resized as timm's
+    `resample_abs_pos_embed` does (`resize_learned_table`).
+    """
 
     def __init__(self, config: BootlegConfig):
         super().__init__()
@@ -120,19 +127,43 @@ class BootlegEmbeddings(nn.Module):
         d = config.hidden_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if config.use_cls_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, config.num_register_tokens, d)) if config.num_register_tokens else None
-        # Non-persistent: regenerated analytically, so it is never stale in a checkpoint (and is refilled by
-        # `_init_weights` after transformers' meta-device loading).
-        self.register_buffer("pos_embed", sincos_position_embedding(d, *config.grid_size)[None], persistent=False)
+        self.learned = config.position_embedding_type == "learned"
+        # rows of the table that belong to CLS/registers (timm's `no_embed_class=False`); 0 for the sin-cos table
+        self.num_prefix_positions = config.num_prefix_tokens if config.position_embedding_includes_prefix else 0
+        if self.learned:
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_positions + config.num_patches, d))
+        else:
+            # Non-persistent: regenerated analytically, so it is never stale in a checkpoint (and is refilled by
+            # `_init_weights` after transformers' meta-device loading).
+            self.register_buffer("pos_embed", sincos_position_embedding(d, *config.grid_size)[None], persistent=False)
 
     def init_bootleg_weights(self, std: float) -> None:
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 init.trunc_normal_(token, std=std)
-        init.copy_(self.pos_embed, sincos_position_embedding(self.config.hidden_size, *self.config.grid_size)[None])
+        if self.learned:  # timm's init of a learned table
+            init.trunc_normal_(self.pos_embed, std=std)
+        else:
+            init.copy_(self.pos_embed, sincos_position_embedding(self.config.hidden_size, *self.config.grid_size)[None])
+
+    @staticmethod
+    def resize_learned_table(table: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int],
+                             num_prefix: int) -> torch.Tensor:
+        """`[1, num_prefix + old_h·old_w, D]` → `[1, num_prefix + new_h·new_w, D]`: the patch rows resized as a
+        `D`-channel image (bicubic, antialiased, `align_corners=False`, in float32: timm's `resample_abs_pos_embed`,
+        so a converted timm ViT matches timm's `dynamic_img_size` at any size), the prefix rows kept."""
+        prefix, patches = table[:, :num_prefix], table[:, num_prefix:]
+        grid = patches.float().reshape(1, *old_grid, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=True)
+        return torch.cat([prefix, grid.permute(0, 2, 3, 1).reshape(1, -1, table.shape[-1]).to(table.dtype)], dim=1)
 
     def position_embedding(self, grid_h: int, grid_w: int, dtype: torch.dtype) -> torch.Tensor:
+        """`[1, P + grid_h·grid_w, D]`: the prefix rows (P = `num_prefix_positions`), then raster-order patches."""
         if (grid_h, grid_w) == tuple(self.config.grid_size):
             return self.pos_embed.to(dtype)
+        if self.learned:
+            return self.resize_learned_table(self.pos_embed, self.config.grid_size, (grid_h, grid_w),
+                                             self.num_prefix_positions).to(dtype)
         return sincos_position_embedding(self.config.hidden_size, grid_h, grid_w)[None].to(self.pos_embed.device, dtype)
 
     def forward(self, pixel_values: torch.Tensor, context_indices: torch.Tensor | None = None,
@@ -143,11 +174,17 @@ class BootlegEmbeddings(nn.Module):
         if not interpolate_pos_encoding and (h, w) != self.config.image_hw:
             raise ValueError(f"input image size {h}x{w} does not match the model's {self.config.image_hw[0]}x"
                              f"{self.config.image_hw[1]}; pass interpolate_pos_encoding=True to use another size")
-        x = x + self.position_embedding(h // self.config.patch_size, w // self.config.patch_size, x.dtype)
+        pos = self.position_embedding(h // self.config.patch_size, w // self.config.patch_size, x.dtype)
+        p = self.num_prefix_positions
+        x = x + (pos[:, p:] if p else pos)
         if context_indices is not None:
             x = gather_tokens(x, check_indices(context_indices, x.shape[0], x.shape[1], "context_indices").to(x.device))
-        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
-        return torch.cat([*prefix, x], dim=1) if prefix else x
+        prefix = [t for t in (self.cls_token, self.reg_token) if t is not None]
+        if not prefix:
+            return x
+        if p:  # timm adds the table after concatenating; the same sums, computed once for the batch
+            prefix = [torch.cat(prefix, dim=1) + pos[:, :p]]
+        return torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1)
 
 
 def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -280,10 +317,30 @@ class BootlegPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Auto class → "<module>.<class>": every class whose code a saved folder of this class holds. transformers copies
+    # the module of a class registered with `register_for_auto_class` plus its relative imports (here
+    # configuration_bootleg.py, modeling_bootleg.py, targets.py); subclasses in other modules extend the map.
+    remote_auto_map: ClassVar[dict[str, str]] = {
+        "AutoConfig": "configuration_bootleg.BootlegConfig",
+        "AutoModel": "modeling_bootleg.BootlegModel",
+        "AutoBackbone": "modeling_bootleg.BootlegBackbone",
+    }
 
     def _init_weights(self, module: nn.Module) -> None:
         # transformers v5 runs this per module owning tensors, skipping loaded ones (init.* are no-ops on them)
         init_module_weights(module, self.config.initializer_range)
+
+    def save_pretrained(self, save_directory: str | Any, *args: Any, **kwargs: Any) -> Any:
+        """`PreTrainedModel.save_pretrained` (and so `push_to_hub` and the Trainer's saving) writing, next to the
+        weights, the module files and a `config.json` `auto_map` for `remote_auto_map`: the folder loads with
+        `trust_remote_code=True` where bootleg-hf is not installed (the Auto classes use the installed package where
+        it is). The model's config is left as it was."""
+        before = getattr(self.config, "auto_map", None)
+        self.config.auto_map = dict(self.remote_auto_map)
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.config.auto_map = before
 
 
 def output_flags_from_config(forward: Callable) -> Callable:
@@ -432,5 +489,10 @@ class BootlegBackbone(BackboneMixin, BootlegModel):
                               hidden_states=full.hidden_states if output_hidden_states else None,
                               attentions=full.attentions if output_attentions else None)
 
+
+# `save_pretrained` copies the code of registered classes (see `BootlegPreTrainedModel.remote_auto_map`)
+BootlegConfig.register_for_auto_class()
+BootlegModel.register_for_auto_class("AutoModel")
+BootlegBackbone.register_for_auto_class("AutoBackbone")
 
 __all__ = ["BootlegPreTrainedModel", "BootlegModel", "BootlegBackbone", "sincos_position_embedding"]

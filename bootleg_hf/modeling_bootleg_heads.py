@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput, SemanticSegmenterOutput
+from transformers.models.auto import modeling_auto
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_bootleg import PROBE_TYPES, SEGMENTATION_HEADS, BootlegConfig
+from .configuration_bootleg import HEAD_TYPES, SEGMENTATION_HEADS, BootlegConfig
 from .modeling_bootleg import BootlegBlock, BootlegMlp, BootlegModel, BootlegPreTrainedModel, init_module_weights
 
 
@@ -92,6 +93,23 @@ class ClsProbe(Probe):
 
     def shared_features(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.norm(tokens[:, 0])
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+
+class LinearHead(Probe):
+    """The pooled token as the encoder pools it (the final-norm CLS token; the mean patch token without CLS) →
+    Linear: timm's and transformers' ViT classifier head (`global_pool="token"` / `"avg"` without `fc_norm`)."""
+
+    def __init__(self, config: BootlegConfig, num_labels: int):
+        super().__init__()
+        self.num_prefix_tokens = config.num_prefix_tokens if not config.use_cls_token else None
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        init_probe_weights(self, config.initializer_range)
+
+    def shared_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0] if self.num_prefix_tokens is None else tokens[:, self.num_prefix_tokens:].mean(1)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)
@@ -154,14 +172,16 @@ class AttentiveProbe(Probe):
 
 
 def build_probe(kind: str, config: BootlegConfig, num_labels: int) -> Probe:
-    """Probe of type `kind` (`patch`, `cls`, `xattn`, `xblk`) for encoder `config`, with `num_labels` outputs."""
+    """Head of type `kind` (`patch`, `cls`, `xattn`, `xblk`, `linear`) for encoder `config`, `num_labels` outputs."""
     if kind == "patch":
         return PatchProbe(config, num_labels)
     if kind == "cls":
         return ClsProbe(config, num_labels)
     if kind in ("xattn", "xblk"):
         return AttentiveProbe(config, num_labels, block=kind == "xblk")
-    raise ValueError(f"unknown probe type '{kind}'; choose one of {PROBE_TYPES}")
+    if kind == "linear":
+        return LinearHead(config, num_labels)
+    raise ValueError(f"unknown probe type '{kind}'; choose one of {HEAD_TYPES}")
 
 
 def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -240,6 +260,9 @@ class BootlegHeadModel(BootlegPreTrainedModel):
     accepts_loss_kwargs = False
     # a pretraining checkpoint holds the teacher under `bootleg.`; its student and predictor do not belong here
     _keys_to_ignore_on_load_unexpected = [r"^student\.", r"^predictor\."]
+    remote_auto_map = {**BootlegPreTrainedModel.remote_auto_map,
+                       "AutoModelForImageClassification": "modeling_bootleg_heads.BootlegForImageClassification",
+                       "AutoModelForSemanticSegmentation": "modeling_bootleg_heads.BootlegForSemanticSegmentation"}
 
     def __init__(self, config: BootlegConfig):
         super().__init__(config)
@@ -306,7 +329,7 @@ class BootlegHeadModel(BootlegPreTrainedModel):
 
 
 class BootlegForImageClassification(BootlegHeadModel):
-    """Bootleg encoder + the probe of `config.probe_type` (`patch`, `cls`, `xattn`, `xblk`).
+    """Bootleg encoder + the head of `config.probe_type` (a probe: `patch`, `cls`, `xattn`, `xblk`; or `linear`).
 
     `forward(pixel_values [B, C, H, W], labels [B])` → `ImageClassifierOutput` with `logits [B, num_labels]` and the
     loss of `config.problem_type` (cross-entropy for integer labels) when labels are given.
@@ -347,6 +370,14 @@ class BootlegForSemanticSegmentation(BootlegHeadModel):
         return self.loss_function(logits, labels.long(), ignore_index=self.config.semantic_loss_ignore_index)
 
 
+BootlegForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+BootlegForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+# The image-classification and image-segmentation pipelines check a model's class name against these name tables
+# (not against classes registered with the Auto classes) and log "is not supported" for any other model. The key is
+# our model type, which the library's own config table does not hold, so the Auto classes never look it up here.
+modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.setdefault("bootleg", "BootlegForImageClassification")
+modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault("bootleg", "BootlegForSemanticSegmentation")
+
 __all__ = ["BootlegForImageClassification", "BootlegForSemanticSegmentation", "Probe", "PatchProbe", "ClsProbe",
-           "AttentiveProbe", "build_probe", "init_probe_weights", "LinearSegmentationHead", "MaskTransformerHead",
+           "LinearHead", "AttentiveProbe", "build_probe", "init_probe_weights", "LinearSegmentationHead", "MaskTransformerHead",
            "build_segmentation_head"]

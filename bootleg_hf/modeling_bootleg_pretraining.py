@@ -22,6 +22,7 @@ from .modeling_bootleg import (
     BootlegPreTrainedModel,
     check_indices,
     gather_tokens,
+    is_tracing,
     sincos_position_embedding,
 )
 from .targets import merge_targets, normalized_pixels, patchify, zscore
@@ -106,6 +107,8 @@ class BootlegForPretraining(BootlegPreTrainedModel):
     """
 
     accepts_loss_kwargs = False  # the loss is a mean over target elements, independent of any label count
+    remote_auto_map = {**BootlegPreTrainedModel.remote_auto_map,
+                       "AutoModelForPreTraining": "modeling_bootleg_pretraining.BootlegForPretraining"}
 
     def __init__(self, config: BootlegConfig):
         super().__init__(config)
@@ -116,6 +119,9 @@ class BootlegForPretraining(BootlegPreTrainedModel):
         self.post_init()
         self.bootleg.requires_grad_(False)
         self.init_teacher_from_student()
+        # the student's fingerprint (see `student_fingerprint`) at the last training forward and last teacher update
+        self._student_at_forward: torch.Tensor | None = None
+        self._student_at_update: torch.Tensor | None = None
 
     @property
     def teacher(self) -> BootlegModel:
@@ -133,6 +139,26 @@ class BootlegForPretraining(BootlegPreTrainedModel):
         teacher = [p for p in self.teacher.parameters()]
         student = [p.detach() for p in self.student.parameters()]
         torch._foreach_lerp_(teacher, student, 1.0 - momentum)
+        self._student_at_update = self.student_fingerprint()
+
+    def student_fingerprint(self) -> torch.Tensor | None:
+        """A few values of the student's first trainable weight matrix (on the CPU): they change with every optimizer
+        step that changes the student. (Parameter version counters do not: fused optimizers leave them as they are.)"""
+        weight = next((p for p in self.student.parameters() if p.requires_grad and p.ndim > 1), None)
+        return None if weight is None else weight.detach().flatten()[:16].float().cpu().clone()  # a copy, not a view
+
+    def check_teacher_follows(self) -> None:
+        """Raise when the student changed (an optimizer step) since the previous training forward without a teacher
+        update after it: a training loop without the EMA, whose teacher would silently stay at its initial weights.
+        Gradient accumulation (several forwards per step) and a teacher update after every step pass."""
+        now, before, updated = self.student_fingerprint(), self._student_at_forward, self._student_at_update
+        self._student_at_forward = now
+        stepped = now is not None and before is not None and not torch.equal(now, before)
+        if stepped and (updated is None or not torch.equal(now, updated)):
+            raise RuntimeError(
+                "BootlegForPretraining: the student was updated but the EMA teacher was not; the teacher must follow "
+                "every optimizer step. With transformers.Trainer pass callbacks=[BootlegEMACallback()] (or use "
+                "BootlegTrainer); in your own loop call model.update_teacher(momentum) after each optimizer.step().")
 
     def train(self, mode: bool = True) -> "BootlegForPretraining":
         super().train(mode)
@@ -208,6 +234,8 @@ class BootlegForPretraining(BootlegPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         with record_function("bootleg.checks"):
             context_indices, target_indices = self.check_indices(pixel_values, context_indices, target_indices)
+            if self.training and torch.is_grad_enabled() and not is_tracing():
+                self.check_teacher_follows()
         with record_function("bootleg.teacher_forward"):
             features = self.teacher_features(pixel_values)
         with record_function("bootleg.target_building"):
@@ -249,5 +277,7 @@ class BootlegForPretraining(BootlegPreTrainedModel):
         check_indices(target_indices.flatten(1), pixel_values.shape[0], n, "target_indices")
         return context_indices.to(pixel_values.device), target_indices.long().to(pixel_values.device)
 
+
+BootlegForPretraining.register_for_auto_class("AutoModelForPreTraining")
 
 __all__ = ["BootlegForPretraining", "BootlegPredictor", "BootlegPretrainingOutput"]

@@ -18,15 +18,19 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from huggingface_hub import HfApi
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .data import IndexedDataset
+from .image_processing_bootleg import default_image_processor
 from .masking import BootlegDataCollator, MaskGenerator
 from .modeling_bootleg_pretraining import BootlegForPretraining
 from .optim import adamw, param_groups
@@ -79,6 +83,10 @@ class BootlegTrainingArguments(TrainingArguments):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.lr_max <= 0:
             raise ValueError(f"lr_max must be > 0, got {self.lr_max}")
+        if self.push_to_hub:
+            raise ValueError("push_to_hub=True would upload every checkpoint with the student and predictor; Bootleg "
+                             "runs publish the teacher encoder once: call trainer.push_to_hub() after training (or "
+                             "use bootleg-release)")
         if self.schedule_on_resume not in ("saved", "new"):
             raise ValueError(f"schedule_on_resume must be 'saved' or 'new', got {self.schedule_on_resume!r}")
 
@@ -156,11 +164,34 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         return {k: v for k, v in super().state_dict().items() if k != "lr_at"}
 
 
-class _BootlegCallback(TrainerCallback):
-    """Per-step schedule work that must happen once per optimizer step, not per micro-batch."""
+class BootlegEMACallback(TrainerCallback):
+    """The EMA teacher update after every optimizer step, for a stock `transformers.Trainer` training
+    `BootlegForPretraining` (`BootlegTrainer` has it built in): `Trainer(model, args, data_collator=
+    BootlegDataCollator(...), callbacks=[BootlegEMACallback()])`. The momentum goes linearly from the model config's
+    `ema_start` to `ema_end` over the run's `max_steps`. Without it the model refuses its second training step."""
+
+    def momentum(self, model: BootlegForPretraining, state) -> float:
+        # global_step was just incremented: the update that produced it used the momentum of global_step - 1
+        return momentum_at(state.global_step - 1, max(1, state.max_steps), model.config.ema_start,
+                           model.config.ema_end)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        model = getattr(model, "module", model)  # DDP / DataParallel wrappers
+        if not isinstance(model, BootlegForPretraining):
+            raise TypeError(f"BootlegEMACallback updates a BootlegForPretraining teacher, the Trainer trains a "
+                            f"{type(model).__name__}")
+        model.update_teacher(self.momentum(model, state))
+
+
+class _BootlegCallback(BootlegEMACallback):
+    """Per-step schedule work that must happen once per optimizer step, not per micro-batch; the EMA with the
+    trainer's schedule (which may be a resumed checkpoint's)."""
 
     def __init__(self, trainer: "BootlegTrainer"):
         self.trainer = trainer
+
+    def momentum(self, model: BootlegForPretraining, state) -> float:
+        return self.trainer.momentum_at(state.global_step - 1)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer.settle_schedule()
@@ -179,14 +210,14 @@ class _BootlegCallback(TrainerCallback):
                 group["weight_decay"] = wd
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        # global_step was just incremented: the update that produced it used momentum_at(global_step - 1).
-        self.trainer.unwrapped_model.update_teacher(self.trainer.momentum_at(state.global_step - 1))
+        super().on_step_end(args, state, control, model=self.trainer.unwrapped_model)
 
 
 class BootlegTrainer(Trainer):
     """`Trainer` for `BootlegForPretraining` (see the module docstring).
 
-    If no `data_collator` is given, a `BootlegDataCollator` is built from the model config's masking fields and seeded
+    If no `processing_class` is given, the encoder's image processor (`default_image_processor`) is saved with every
+    checkpoint and the final model. If no `data_collator` is given, a `BootlegDataCollator` is built from the model config's masking fields and seeded
     with `args.mask_seed` (default `args.seed`). Map-style training datasets are wrapped in `IndexedDataset` so masks
     are seeded by sample index: a resumed run regenerates exactly the masks it would have used.
     """
@@ -204,6 +235,8 @@ class BootlegTrainer(Trainer):
         if train_dataset is not None and hasattr(train_dataset, "__getitem__") and not isinstance(
                 train_dataset, IndexedDataset):
             train_dataset = IndexedDataset(train_dataset, seed=args.data_seed if args.data_seed is not None else args.seed)
+        # saved into every checkpoint and the run's folder, so `pipeline(..., model=run_dir)` finds a processor
+        kwargs.setdefault("processing_class", default_image_processor(model.config, "BootlegModel"))
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, **kwargs)
         self.add_callback(_BootlegCallback(self))
         self._real_losses: list[torch.Tensor] = []
@@ -388,6 +421,41 @@ class BootlegTrainer(Trainer):
             shutil.rmtree(run_dir / STAGING_DIR, ignore_errors=True)
             rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    # ---- publishing -----------------------------------------------------------------------------------------------
+    def hub_repo_id(self, token: str | None = None) -> str:
+        """`args.hub_model_id` as `namespace/name`: a bare name (or none: the output folder's name) goes under the
+        token's user, as the stock Trainer does."""
+        name = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        if "/" in name:
+            return name
+        return f"{HfApi(token=token or self.args.hub_token).whoami()['name']}/{name}"
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None, *,
+                    dataset: str | None = None, recipe: str | dict | None = None, **card_kwargs: Any):
+        """Publish the EMA teacher encoder — not the student and predictor — to `hub_repo_id()`: weights, remote
+        code, the image processor and a model card from this run (steps, global batch, images seen, first and last
+        logged loss; `dataset` and `recipe` if given; `card_kwargs` such as `probe_results` go to
+        `publishing.render_card`). Uploads in one commit and returns it (None on other ranks). `blocking` is kept
+        for the base signature: the upload always completes before returning, and is checked."""
+        from .checkpoints import encoder_copy, save_model_folder
+        from .publishing import build_hub_folder, dataset_fields, training_facts, upload
+
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        if not self.is_world_process_zero():
+            return None
+        token = token if token is not None else self.args.hub_token
+        repo_id = self.hub_repo_id(token)
+        facts = training_facts(self.state, recipe, dataset=dataset, global_batch_size=self.args.global_batch_size)
+        with tempfile.TemporaryDirectory() as tmp:
+            encoder = save_model_folder(encoder_copy(self.unwrapped_model), Path(tmp) / "encoder",
+                                        self.processing_class)
+            folder = build_hub_folder(encoder, Path(tmp) / "hub", repo_id, training=facts,
+                                      datasets=[dataset_fields(dataset)["type"]] if dataset else (), **card_kwargs)
+            return upload(folder, repo_id, token=token, revision=revision or self.args.hub_revision,
+                          private=self.args.hub_private_repo if private is None else private,
+                          commit_message=commit_message)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         self._clock, self._loss_total, self._loss_count = None, 0.0, 0

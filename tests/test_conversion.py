@@ -1,5 +1,6 @@
-"""Conversion (docs/design.md §8): official I-JEPA checkpoints → Bootleg; pretraining checkpoints → clean encoder
-folders, with trained probe / segmentation heads attached on request."""
+"""Conversion (docs/design.md §8): official I-JEPA checkpoints and transformers' IJepaModel folders → Bootleg;
+standard timm ViTs (learned position tables, with or without CLS/registers) → Bootleg; pretraining checkpoints →
+clean encoder folders, with trained probe / segmentation heads attached on request."""
 
 import argparse
 import pickle
@@ -11,21 +12,29 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import transformers
 from conftest import tiny_config
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSemanticSegmentation
+from transformers import (AutoImageProcessor, AutoModel, AutoModelForImageClassification,
+                          AutoModelForSemanticSegmentation, IJepaConfig, IJepaModel)
+from transformers.image_utils import PILImageResampling
 
 import bootleg_hf
 from bootleg_hf import BootlegForImageClassification, BootlegForPretraining, BootlegModel
 from bootleg_hf.conversion import KeyMismatchError, config_from_ijepa, ijepa_to_bootleg, load_ijepa_checkpoint
 from bootleg_hf.checkpoints import export_pretrained, save_model_folder
-from bootleg_hf.cli import convert_ijepa_main, export_main
+from bootleg_hf.cli import convert_ijepa_main, convert_timm_main, export_main
+from bootleg_hf.conversion import bootleg_to_timm, timm_to_bootleg, timm_vit_to_bootleg
 from bootleg_hf.modeling_bootleg_heads import build_segmentation_head
 
 ROOT = Path(__file__).resolve().parents[1]
 GEOMETRY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)
 PREDICTOR_WIDTH, PREDICTOR_DEPTH = 16, 2
+
+# what an encoder folder holds: weights, config (with auto_map), processor, and the remote-code modules
+ENCODER_FOLDER = sorted(["config.json", "model.safetensors", "preprocessor_config.json", "configuration_bootleg.py",
+                         "modeling_bootleg.py", "targets.py"])
 
 
 def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -95,7 +104,7 @@ def test_ijepa_cli_conversion_matches_timm(ijepa, tmp_path, capsys, student):
     out = tmp_path / "converted"
     convert_ijepa_main(["--checkpoint", str(path), "--out", str(out), "--num-heads", "4"] + ["--student"] * student)
     assert "wrote BootlegModel" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ENCODER_FOLDER
     model = AutoModel.from_pretrained(out).eval()
     assert isinstance(model, BootlegModel)
     c = model.config
@@ -221,7 +230,7 @@ def test_export_pretrained_encoder(pretraining_checkpoint, tmp_path, student):
     folder, model = pretraining_checkpoint
     out = tmp_path / "encoder"
     export_main([str(folder), "--out", str(out)] + ["--student"] * student)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ENCODER_FOLDER
     with safe_open(out / "model.safetensors", framework="pt") as f:
         assert not any(k.startswith(("student.", "predictor.", "bootleg.")) for k in f.keys())
     encoder = AutoModel.from_pretrained(out).eval()
@@ -303,7 +312,7 @@ def test_export_replaces_a_non_empty_output_only_with_overwrite(pretraining_chec
         export_pretrained(folder, out)
     assert snapshot(out) == {"notes.txt": b"mine"}
     export_pretrained(folder, out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ENCODER_FOLDER
     # a head file in the output folder is an input: never replaced, even with overwrite
     save_file({"w": torch.zeros(1)}, out / "head.safetensors")
     with pytest.raises(ValueError, match="overlap"):
@@ -333,7 +342,7 @@ def test_save_model_folder_is_atomic_and_refuses_non_finite_weights(tmp_path, mo
         (Path(args[1]) / "partial.json").write_text("{")
         raise OSError("disk full")
 
-    monkeypatch.setattr(bootleg_hf.checkpoints.BeitImageProcessorPil, "save_pretrained", crash)
+    monkeypatch.setattr(transformers.MobileNetV2ImageProcessorPil, "save_pretrained", crash)
     with pytest.raises(OSError, match="disk full"):  # a crash half-way leaves the old folder as it was
         save_model_folder(BootlegModel(tiny_config()), out, overwrite=True)
     assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["encoder", "fresh"]
@@ -343,3 +352,287 @@ def test_save_model_folder_is_atomic_and_refuses_non_finite_weights(tmp_path, mo
     assert snapshot(out) != before and sorted(p.name for p in tmp_path.iterdir()) == ["encoder", "fresh"]
     loaded = BootlegModel.from_pretrained(out)
     assert torch.equal(loaded.blocks[0].attn.qkv.weight, replacement.blocks[0].attn.qkv.weight)
+
+
+# ------------------------------------------------------------------------------- transformers' IJepaModel layout
+def hf_ijepa(sincos: bool = False, **config) -> IJepaModel:
+    """A tiny `IJepaModel` (width 32, 2 layers, 2 heads, 32 px, patch 8) with non-trivial weights everywhere; its
+    position table random (as transformers initialises it) or the fixed sin-cos one (as the Hub's converted weights)."""
+    torch.manual_seed(0)
+    model = IJepaModel(IJepaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                   image_size=32, patch_size=8, **config), add_pooling_layer=True)
+    randomize(model, 7)
+    if sincos:
+        model.embeddings.position_embeddings.data.copy_(bootleg_hf.sincos_position_embedding(32, 4, 4)[None])
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def hf_ijepa_folders(tmp_path_factory):
+    """(IJepaModel, root) with root/one (model.safetensors) and root/sharded (an index and several shards)."""
+    model, root = hf_ijepa(), tmp_path_factory.mktemp("hf-ijepa")
+    model.save_pretrained(root / "one")
+    model.save_pretrained(root / "sharded", max_shard_size="20KB")
+    assert len(list((root / "sharded").glob("model-*.safetensors"))) > 1
+    return model, root
+
+
+def assert_same_ijepa_outputs(ours: BootlegModel, ref: IJepaModel, size: int = 32) -> float:
+    """Final-norm patch tokens and every hidden state (embeddings, each layer) within 1e-5; returns the max diff."""
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want = ours(x, output_hidden_states=True), ref(x, output_hidden_states=True)
+    assert len(got.hidden_states) == len(want.hidden_states) == 3
+    errs = [(got.last_hidden_state - want.last_hidden_state).abs().max().item()]
+    errs += [(a - b).abs().max().item() for a, b in zip(got.hidden_states, want.hidden_states)]
+    assert max(errs) <= 1e-5, errs
+    return max(errs)
+
+
+@pytest.mark.parametrize("source", ["one", "sharded", "one/model.safetensors", "sharded/model-00001-of-"])
+def test_hf_ijepa_layout_matches_ijepamodel(hf_ijepa_folders, source):
+    ref, root = hf_ijepa_folders
+    path = root / source if not source.endswith("-of-") else next((root / "sharded").glob("model-00001-of-*"))
+    model, notes = ijepa_to_bootleg(path)
+    c = model.config
+    assert (c.use_cls_token, c.num_register_tokens, c.num_attention_heads, c.intermediate_size, c.layer_norm_eps,
+            c.position_embedding_type, c.position_embedding_includes_prefix) == (False, 0, 2, 64, 1e-12, "learned",
+                                                                                False)
+    assert any(n.startswith("pooler: dropped") for n in notes)  # IJepaModel's optional pooler is a head
+    assert_same_ijepa_outputs(model, ref)
+    torch.testing.assert_close(model.embeddings.pos_embed, ref.embeddings.position_embeddings, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="holds one encoder"):
+        ijepa_to_bootleg(path, student=True)
+
+
+def test_hf_ijepa_cli_folder_round_trip(hf_ijepa_folders, tmp_path, capsys):
+    ref, root = hf_ijepa_folders
+    assert convert_ijepa_main(["--checkpoint", str(root / "sharded"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "note: pooler: dropped" in printed and "wrote BootlegModel" in printed
+    loaded = AutoModel.from_pretrained(tmp_path / "out").eval()  # the learned table survives meta-device loading
+    assert type(loaded) is BootlegModel and loaded.config.position_embedding_type == "learned"
+    assert_same_ijepa_outputs(loaded, ref)
+
+
+def test_hf_ijepa_sincos_table_and_current_names_without_config(tmp_path):
+    """A bare safetensors file in transformers 5.x names (q_proj/k_proj/v_proj, layers.N), no config.json: shapes
+    come from the tensors, heads and eps from the arguments; a sin-cos table is regenerated, not stored."""
+    ref = hf_ijepa(sincos=True)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "weights.safetensors")
+    with pytest.raises(ValueError, match="pass num_heads"):  # width 32 is no official I-JEPA width
+        ijepa_to_bootleg(tmp_path / "weights.safetensors")
+    model, notes = ijepa_to_bootleg(tmp_path / "weights.safetensors", num_heads=2, layer_norm_eps=1e-12)
+    assert model.config.position_embedding_type == "sincos" and "embeddings.pos_embed" not in model.state_dict()
+    assert any("no config.json" in n for n in notes) and any("sin-cos table" in n for n in notes)
+    assert_same_ijepa_outputs(model, ref)
+
+
+def test_hf_ijepa_unrepresentable_layouts_give_clear_errors(hf_ijepa_folders, tmp_path, capsys):
+    _, root = hf_ijepa_folders
+    config = (root / "one" / "config.json").read_text()
+
+    def variant(name: str, **changes) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(root / "one", folder)
+        (folder / "config.json").write_text(config[:-2] + "".join(f', "{k}": {v}' for k, v in changes.items())
+                                            + "\n}")
+        return folder
+
+    with pytest.raises(ValueError, match=r"patch_size=\[8, 4\] \(non-square patches\)"):
+        ijepa_to_bootleg(variant("patch", patch_size="[8, 4]"))
+    with pytest.raises(ValueError, match="head_dim=8 with 2 heads"):
+        ijepa_to_bootleg(variant("head_dim", head_dim=8))
+    with pytest.raises(ValueError, match="model_type 'vit', not 'ijepa'"):
+        ijepa_to_bootleg(variant("vit", model_type='"vit"'))
+    state = IJepaModel(IJepaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                   image_size=32, patch_size=8)).state_dict()
+    state.pop("layers.1.attention.k_proj.weight")
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "partial.safetensors")
+    with pytest.raises(KeyMismatchError, match=r"missing:    blocks\.1\.attn\.qkv\.weight[\s\S]*unexpected: "
+                                               r"layers\.1\.attention\.q_proj\.weight"):
+        ijepa_to_bootleg(tmp_path / "partial.safetensors", num_heads=2)
+    (tmp_path / "empty").mkdir()
+    assert convert_ijepa_main(["--checkpoint", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
+    assert "no model.safetensors" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- standard timm ViTs
+TIMM_GEOMETRY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+TIMM_TINY = dict(pretrained=False, **TIMM_GEOMETRY)
+TIMM_VARIANTS = {  # name → create_model kwargs on vit_small_patch16_224 (learned pos_embed; CLS row unless noted)
+    "cls+head": dict(num_classes=5),  # the standard ViT: the head is dropped
+    "avg": dict(class_token=False, global_pool="avg", fc_norm=False, num_classes=0),
+    "cls+reg-prefix-rows": dict(reg_tokens=4, num_classes=0),
+    "cls+reg-no_embed_class": dict(reg_tokens=4, no_embed_class=True, num_classes=0),
+    "avg+reg": dict(class_token=False, reg_tokens=2, global_pool="avg", fc_norm=False, num_classes=0),
+    "quick_gelu": dict(act_layer="quick_gelu", num_classes=0),
+}
+
+
+def timm_vit(seed: int = 1, **kwargs) -> torch.nn.Module:
+    return randomize(timm.create_model("vit_small_patch16_224", **{**TIMM_TINY, **kwargs}), seed)
+
+
+def timm_block_outputs(ref: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """timm's `forward_features` and each block's output (all tokens, before the final norm)."""
+    outs = []
+    hooks = [b.register_forward_hook(lambda module, args, out: outs.append(out)) for b in ref.blocks]
+    with torch.no_grad():
+        final = ref.forward_features(x)
+    for hook in hooks:
+        hook.remove()
+    return final, outs
+
+
+def assert_same_timm_outputs(ours: BootlegModel, ref: torch.nn.Module, size: tuple[int, int] = (32, 32)) -> float:
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    final, blocks = timm_block_outputs(ref, x)
+    with torch.no_grad():
+        got = ours(x, output_hidden_states=True, interpolate_pos_encoding=size != (32, 32))
+        pooled = ref.forward_head(final, pre_logits=True)  # CLS, or the mean patch token (global_pool="avg")
+    errs = [(got.last_hidden_state - final).abs().max().item(), (got.pooler_output - pooled).abs().max().item()]
+    errs += [(got.hidden_states[k + 1] - out).abs().max().item() for k, out in enumerate(blocks)]
+    assert max(errs) <= 1e-5, errs
+    return max(errs)
+
+
+@pytest.mark.parametrize("variant", TIMM_VARIANTS)
+def test_timm_standard_vits_match_timm(variant):
+    kwargs = TIMM_VARIANTS[variant]
+    ref = timm_vit(**kwargs)
+    model = timm_vit_to_bootleg(ref)
+    c = model.config
+    assert (c.use_cls_token, c.num_register_tokens) == (kwargs.get("class_token", True), kwargs.get("reg_tokens", 0))
+    assert c.position_embedding_type == "learned"
+    assert c.position_embedding_includes_prefix == (not kwargs.get("no_embed_class") and c.num_prefix_tokens > 0)
+    assert c.hidden_act == ("quick_gelu" if variant == "quick_gelu" else "gelu")
+    assert_same_timm_outputs(model, ref)
+    # and back: timm's state dict without the head, the learned table included
+    expected = {k: v for k, v in ref.state_dict().items() if not k.startswith("head.")}
+    back = bootleg_to_timm(model.state_dict(), c)
+    assert back.keys() == expected.keys() and all(torch.equal(back[k], v) for k, v in expected.items())
+
+
+def test_timm_learned_table_resized_like_timm_dynamic_img_size():
+    """Another input size: the patch rows are resized as timm's `dynamic_img_size` does, the CLS/register rows kept."""
+    ref = timm_vit(dynamic_img_size=True, reg_tokens=1, num_classes=0)
+    model = timm_vit_to_bootleg(ref)
+    assert model.config.position_embedding_includes_prefix and model.embeddings.pos_embed.shape == (1, 2 + 16, 32)
+    assert_same_timm_outputs(model, ref, size=(48, 40))
+    with pytest.raises(ValueError, match="pass interpolate_pos_encoding=True"):
+        model(torch.zeros(1, 3, 48, 40))
+    # student mode gathers patches after their positions were added; the prefix keeps its own rows
+    x = torch.randn(2, 3, 32, 32)
+    keep = torch.tensor([[0, 3, 5], [15, 1, 2]])
+    with torch.no_grad():
+        full = model.embeddings(x)
+        part = model.embeddings(x, context_indices=keep)
+    torch.testing.assert_close(part[:, :2], full[:, :2], atol=0, rtol=0)
+    torch.testing.assert_close(part[:, 2:], torch.stack([full[i, 2 + keep[i]] for i in range(2)]), atol=0, rtol=0)
+
+
+def test_timm_cli_standard_layout_with_pretrained_cfg_processor(tmp_path, capsys):
+    ref = timm_vit(num_classes=3)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "timm.safetensors")
+    geometry = [f"--timm-arg={k}={v}" for k, v in TIMM_GEOMETRY.items()]
+    out = tmp_path / "converted"
+    assert convert_timm_main(["--layout", "timm", "--timm-arch", "vit_small_patch16_224", *geometry,
+                              "--timm-arg", "num_classes=3", "--checkpoint", str(tmp_path / "timm.safetensors"),
+                              "--out", str(out)]) == 0
+    assert "learned position embedding incl. prefix rows" in capsys.readouterr().out
+    model = AutoModel.from_pretrained(out).eval()
+    assert_same_timm_outputs(model, ref)
+    processor = AutoImageProcessor.from_pretrained(out)
+    cfg = ref.pretrained_cfg  # augreg: mean = std = 0.5, crop_pct 0.9, bicubic
+    assert (list(processor.image_mean), list(processor.image_std)) == (list(cfg["mean"]), list(cfg["std"]))
+    assert processor.size == {"shortest_edge": 35}  # timm: floor(32 / 0.9), not round
+    assert processor.crop_size == {"height": 32, "width": 32} and processor.resample == PILImageResampling.BICUBIC
+
+    # back to timm: the arch without its head loads the reversed state dict strictly and computes the same
+    assert convert_timm_main(["--reverse", "--bootleg", str(out), "--out", str(tmp_path / "back.safetensors")]) == 0
+    twin = timm.create_model("vit_small_patch16_224", **TIMM_TINY, num_classes=0).eval()
+    twin.load_state_dict(bootleg_hf.conversion.read_state_dict(tmp_path / "back.safetensors"), strict=True)
+    assert_same_timm_outputs(model, twin)
+
+    # the Bootleg layout keeps Bootleg's default processor (its weights are not the arch's timm ones)
+    assert convert_timm_main(["--timm-arch", "vit_small_patch16_224", *geometry, "--out", str(tmp_path / "twin")]) == 0
+    assert list(AutoImageProcessor.from_pretrained(tmp_path / "twin").image_mean) == [0.485, 0.456, 0.406]
+    assert AutoModel.from_pretrained(tmp_path / "twin").config.position_embedding_type == "sincos"
+
+
+UNSUPPORTED_TIMM = [  # create_model kwargs → the phrase the error must contain
+    (dict(qk_norm=True), "qk_norm=True"),
+    (dict(init_values=1e-5), r"init_values \(layer scale\)"),
+    (dict(class_token=False, global_pool="avg"), "fc_norm"),  # timm's default for avg pooling
+    (dict(pre_norm=True), "pre_norm=True"),
+    (dict(dynamic_img_pad=True), "dynamic_img_pad=True"),
+    (dict(norm_layer="rmsnorm"), "norm_layer=RmsNorm"),
+    (dict(act_layer="silu"), "act_layer=SiLU"),
+    (dict(global_pool="map"), "global_pool='map'"),
+    (dict(pos_embed="none"), "pos_embed='none'"),
+    (dict(final_norm=False), "final_norm=False"),
+    (dict(scale_mlp_norm=True), "scale_mlp_norm=True"),
+    (dict(proj_bias=False), "proj_bias=False"),
+]
+
+
+@pytest.mark.parametrize("kwargs,phrase", UNSUPPORTED_TIMM, ids=[p.split("=")[0] for _, p in UNSUPPORTED_TIMM])
+def test_timm_unsupported_options_are_named(kwargs, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        timm_vit_to_bootleg(timm_vit(**kwargs))
+
+
+@pytest.mark.parametrize("variant", ["cls+head", "avg+reg+head"])
+def test_timm_classifier_converts_with_its_head(variant, tmp_path):
+    """`with_head=True`: timm's Linear head on the pooled token becomes the `linear` head of a
+    `BootlegForImageClassification`, whose logits are timm's `forward` (CLS and average pooling)."""
+    kwargs = {"cls+head": dict(num_classes=5),
+              "avg+reg+head": dict(class_token=False, reg_tokens=2, global_pool="avg", fc_norm=False, num_classes=5)}
+    ref = timm_vit(**kwargs[variant])
+    model = timm_vit_to_bootleg(ref, with_head=True)
+    assert isinstance(model, BootlegForImageClassification) and model.config.probe_type == "linear"
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, ref(x), atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForImageClassification.from_pretrained(tmp_path).eval()(x).logits, ref(x),
+                                   atol=1e-5, rtol=0)
+
+
+def test_timm_head_and_fc_norm_refusals_write_nothing(tmp_path, capsys):
+    with pytest.raises(ValueError, match="without a Linear classifier head"):  # nothing to keep
+        timm_vit_to_bootleg(timm_vit(num_classes=0), with_head=True)
+    out = tmp_path / "out"
+    geometry = [f"--timm-arg={k}={v}" for k, v in TIMM_GEOMETRY.items()]
+    assert convert_timm_main(["--layout", "timm", *geometry, "--timm-arg", "qk_norm=True", "--with-head",
+                              "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "qk_norm=True" in err and not out.exists()
+    # a bare state dict with an fc_norm: named, not reported as a missing final norm
+    state = timm_vit(class_token=False, global_pool="avg", num_classes=0).state_dict()
+    with pytest.raises(ValueError, match="fc_norm"):
+        timm_to_bootleg(state, tiny_config(position_embedding_type="learned", use_cls_token=False))
+    torch.save(timm_vit(depth=3).state_dict(), tmp_path / "deeper.pth")
+    with pytest.raises(KeyMismatchError, match="does not fit timm"):  # torch's raw report, named and explained
+        bootleg_hf.conversion.build_timm_model("vit_small_patch16_224", checkpoint=tmp_path / "deeper.pth",
+                                               layout="timm", **TIMM_GEOMETRY)
+
+
+def test_position_embedding_config_fields(tmp_path):
+    defaults = bootleg_hf.BootlegConfig()
+    assert (defaults.position_embedding_type, defaults.position_embedding_includes_prefix) == ("sincos", False)
+    with pytest.raises(ValueError, match="position_embedding_type must be one of"):
+        tiny_config(position_embedding_type="rope")
+    with pytest.raises(ValueError, match="needs position_embedding_type='learned'"):
+        tiny_config(position_embedding_includes_prefix=True)
+    assert tiny_config(position_embedding_type="learned", hidden_size=30, num_attention_heads=3).hidden_size == 30
+    config = tiny_config(position_embedding_type="learned", position_embedding_includes_prefix=True)
+    model = BootlegModel(config).eval()
+    assert model.embeddings.pos_embed.shape == (1, 5 + 16, 32) and model.embeddings.pos_embed.std() > 0.01
+    model.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).last_hidden_state, model(x).last_hidden_state)

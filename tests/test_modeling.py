@@ -92,7 +92,8 @@ def test_sincos_survives_save_and_meta_device_load(tmp_path):
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         assert torch.equal(model(x).last_hidden_state, loaded(x).last_hidden_state)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "configuration_bootleg.py", "model.safetensors",
+                                                         "modeling_bootleg.py", "targets.py"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
 
@@ -108,7 +109,9 @@ def test_auto_classes_and_config_round_trip(tmp_path, config):
     assert isinstance(backbone, BootlegBackbone)
     bootleg_hf.make_image_processor(config).save_pretrained(tmp_path)
     processor = AutoImageProcessor.from_pretrained(tmp_path)
-    assert processor.size == {"height": 32, "width": 32} and processor.resample == 3
+    assert type(processor).__name__.startswith("MobileNetV2ImageProcessor") and processor.resample == 3
+    assert processor.size.shortest_edge == round(32 / 0.875) and processor.do_center_crop
+    assert (processor.crop_size.height, processor.crop_size.width) == (32, 32)
     assert list(processor.image_mean) == [0.485, 0.456, 0.406]
 
 
@@ -253,7 +256,7 @@ def test_bad_context_indices_raise(config, indices, message):
     (dict(image_size=30), "not divisible by patch_size"),
     (dict(num_register_tokens=-1), "num_register_tokens"),
     (dict(targets="1:4:24"), "outside the encoder"),
-    (dict(probe_type="linear"), "probe_type"),
+    (dict(probe_type="mlp"), "probe_type"),
     (dict(ema_start=1.5), "ema_start"),
 ])
 def test_invalid_config_raises(overrides, message):
@@ -330,6 +333,6 @@ print(type(processor).__name__, tuple(values.shape), round(float(values[0, 0, 0,
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     name, *_ = result.stdout.split()
-    assert name == "BeitImageProcessorPil"
+    assert name == "MobileNetV2ImageProcessorPil"
     assert "(1, 3, 32, 32)" in result.stdout
     assert result.stdout.split()[-1] == str(round((1.0 - 0.485) / 0.229, 4))  # white, ImageNet-normalised

@@ -11,9 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import needs_fmnist, tiny_config
-
+from safetensors import safe_open
 from transformers import get_cosine_schedule_with_warmup
 
+from bootleg_hf import BootlegForImageClassification
+from bootleg_hf.checkpoints import export_pretrained
 from bootleg_hf.evaluation.classification import PROBE_GRID, ProbeSweep
 from bootleg_hf.modeling_bootleg_heads import AttentiveProbe, build_probe
 from bootleg_hf.optim import param_groups
@@ -168,13 +170,32 @@ def test_probe_cli_smoke(tmp_path):
            "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads((out / "probe_results.json").read_text())
+    document = json.loads((out / "probe_results.json").read_text())
+    assert (document["format"], document["encoder"], document["weights"]) == ("bootleg-results/1", "random:vit-micro",
+                                                                             "teacher")
+    assert "segmentation" not in document
+    results = document["classification"]
+    assert results["dataset"] == {"name": "Fashion-MNIST", "type": "zalando-datasets/fashion_mnist", "split": "test"}
     assert set(results["probes"]) == set(KINDS) and results["num_train"] == 64 and results["num_test"] == 32
     for kind, r in results["probes"].items():
         assert len(r["grid"]) == 25 and 0 <= r["best"]["top1"] <= 100
         assert r["best"]["top1"] == max(g["top1"] for g in r["grid"])
-        assert (out / "heads" / f"{kind}.safetensors").is_file()
+        assert results["heads"][kind] == f"heads/{kind}.safetensors"
+        with safe_open(out / results["heads"][kind], framework="pt") as f:
+            metadata = f.metadata()
+        assert (metadata["probe_type"], metadata["num_labels"]) == (kind, "10")
+        assert json.loads(metadata["labels"]) == results["labels"]
     assert "| probe | top-1 % |" in (out / "probe_results.md").read_text()
     config = json.loads((out / "classifier" / "config.json").read_text())
     assert config["probe_type"] == results["best_probe"] and config["id2label"]["0"] == "T-shirt/top"
     assert (out / "classifier" / "preprocessor_config.json").is_file()
+
+    # the best head file alone (its metadata gives type and labels) exports to the same classifier
+    best = results["heads"][results["best_probe"]]
+    exported = export_pretrained("random:vit-micro", tmp_path / "exported", probe_head=out / best)
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = BootlegForImageClassification.from_pretrained(out / "classifier").eval()(pixels).logits
+        got = BootlegForImageClassification.from_pretrained(exported).eval()(pixels)
+    assert torch.equal(got.logits, want)
+    assert json.loads((exported / "config.json").read_text())["id2label"] == config["id2label"]

@@ -12,25 +12,37 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import needs_fmnist, tiny_config
 from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSemanticSegmentation, pipeline
+from transformers import (
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForSemanticSegmentation,
+    TrainerState,
+    pipeline,
+)
 
 import bootleg_hf
 from bootleg_hf import BootlegForImageClassification, BootlegForSemanticSegmentation, BootlegModel
 from bootleg_hf.checkpoints import save_model_folder
 from bootleg_hf.cli import convert_ijepa_main
 from bootleg_hf.cli import publish_main as publish_cli
+from bootleg_hf.evaluation.classification import ProbeSettings, run_probes
+from bootleg_hf.evaluation.segmentation import SegmentationSettings, run_segmentation
 from bootleg_hf.publishing import (
     AUTO_MAP,
+    RESULTS_FORMAT,
     PublishError,
     RemoteCodeError,
     build_hub_folder,
     check_repo_id,
+    probe_rows,
     remote_code_files,
+    render_card,
+    training_facts,
     upload,
 )
 
@@ -43,13 +55,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CODE_FILES = ["configuration_bootleg.py", "modeling_bootleg.py", "modeling_bootleg_heads.py", "targets.py"]
 HUB_FILES = sorted(["README.md", "config.json", "model.safetensors", "preprocessor_config.json", *CODE_FILES])
 LABELS = ["shirt", "shoe", "bag"]
-PROBE_RESULTS = {  # training/probe.py's format (abridged)
+PROBE_RESULTS = {  # bootleg-probe's probe_results.json before bootleg-results/1 (abridged): still read
     "model": "runs/tiny/encoder", "weights": "teacher", "dataset": "fashion-mnist",
     "probes": {"patch": {"best": {"top1": 81.234, "lr": 1e-3}}, "xblk": {"best": {"top1": 85.5, "lr": 2e-3}}}}
-SEGMENTATION_RESULTS = {  # the simple documented format
-    "dataset": "fashion-mnist",
+SEGMENTATION_RESULTS = {  # a hand-written bootleg-results/1 document: the format, a section, its data, best scores
+    "format": RESULTS_FORMAT, "encoder": "runs/tiny/encoder", "weights": "teacher",
     "segmentation": {"dataset": {"name": "Fashion-MNIST mosaics", "type": "bootleg/fmnist-mosaics", "split": "test"},
-                     "results": {"knn": {"miou": 40.5}, "lin": 44.25}}}
+                     "probes": {"knn": {"best": {"miou": 40.5}}, "lin": {"best": {"miou": 44.25, "lr": 0.01}}}}}
 
 
 def publish_main(argv: list) -> int:
@@ -132,6 +144,143 @@ def test_hub_folder_layout_auto_map_and_model_card(tmp_path, capsys):
 
     assert publish_main([source, "--repo-id", "user/tiny", "--out", out, "--dry-run"]) == 1  # never overwrites
     assert "not empty" in capsys.readouterr().err
+
+
+def model_index(card: Path) -> dict[tuple[str, str, str], float]:
+    """`{(task, dataset type, probe): value}` of a card's model-index."""
+    _, results = model_index_to_eval_results(metadata_load(card)["model-index"])
+    return {(r.task_type, r.dataset_type, r.metric_name.split("(")[1].split()[0]): r.metric_value for r in results}
+
+
+@needs_fmnist
+def test_probe_and_segment_results_are_one_format_that_publish_reads(tmp_path):
+    """bootleg-probe's and bootleg-segment's files, published alone and together: the card's model-index carries
+    each probe's best score."""
+    source = task_folder(tmp_path, "encoder")
+    run_probes(source, "fashion-mnist", ProbeSettings(probes=("patch", "xblk"), epochs=1, batch_size=32,
+                                                      limit_train=64, limit_test=32, lrs=[1e-3], wds=[1e-3],
+                                                      num_workers=0), out=tmp_path / "probe")
+    run_segmentation(source, "mosaic", SegmentationSettings(probes=("knn", "lin"), limit_train=16, limit_test=8,
+                                                            epochs=1, lrs=[1e-2], ks=(1, 3)), out=tmp_path / "seg")
+    files = {"probe": tmp_path / "probe" / "probe_results.json", "seg": tmp_path / "seg" / "segment_results.json"}
+    documents = {name: json.loads(path.read_text()) for name, path in files.items()}
+    assert set(documents["probe"]) == {"format", "encoder", "weights", "classification"}
+    assert set(documents["seg"]) == {"format", "encoder", "weights", "segmentation"}
+    assert {d["format"] for d in documents.values()} == {RESULTS_FORMAT}
+    assert {d["encoder"] for d in documents.values()} == {str(source)}
+    classification, segmentation = documents["probe"]["classification"], documents["seg"]["segmentation"]
+    assert classification["dataset"] == {"name": "Fashion-MNIST", "type": "zalando-datasets/fashion_mnist",
+                                         "split": "test"}
+    assert segmentation["dataset"]["name"] == "Fashion-MNIST 2×2 mosaics"
+    assert len(classification["probes"]["xblk"]["grid"]) == 1 and len(segmentation["probes"]["knn"]["grid"]) == 4
+    want = {**{("image-classification", "zalando-datasets/fashion_mnist", k): round(r["best"]["top1"], 2)
+               for k, r in classification["probes"].items()},
+            **{("image-segmentation", "zalando-datasets/fashion_mnist", k): round(r["best"]["miou"], 2)
+               for k, r in segmentation["probes"].items()}}
+    assert len(want) == 4
+    tasks = {"probe": "image-classification", "seg": "image-segmentation"}
+    for name, chosen in (("probe", ["probe"]), ("seg", ["seg"]), ("both", ["probe", "seg"])):
+        out = tmp_path / f"hub-{name}"
+        args = [arg for key in chosen for arg in ("--probe-results", files[key])]
+        assert publish_main([source, "--repo-id", "user/tiny", "--out", out, "--dry-run", *args]) == 0
+        assert model_index(out / "README.md") == {k: v for k, v in want.items() if k[0] in {tasks[c] for c in chosen}}
+
+
+def test_results_of_earlier_versions_are_still_read():
+    """probe_results.json / segment_results.json as earlier versions wrote them (segmentation results used to crash
+    publishing with KeyError: 'top1')."""
+    old_segmentation = {"model": "runs/tiny/encoder", "weights": "student", "dataset": "mosaic", "num_labels": 11,
+                        "probes": {"knn": {"best": {"setting": "cosine/k=10", "miou": 40.504}, "settings": {}},
+                                   "lin": {"best": {"lr": 0.01, "miou": 44.25}, "by_lr": {}}}, "saved_head": "lin"}
+    rows = probe_rows([PROBE_RESULTS, old_segmentation])
+    assert [(r["task"], r["dataset"], r["probe"], r["metric"], r["value"]) for r in rows] == [
+        ("image-classification", "Fashion-MNIST", "patch", "accuracy", 81.23),
+        ("image-classification", "Fashion-MNIST", "xblk", "accuracy", 85.5),
+        ("image-segmentation", "Fashion-MNIST 2×2 mosaics", "knn", "mean_iou", 40.5),
+        ("image-segmentation", "Fashion-MNIST 2×2 mosaics", "lin", "mean_iou", 44.25)]
+
+
+BAD_RESULTS = {
+    "not JSON": ("{not json", "cannot read the results file"),
+    "no results": (json.dumps({"hidden_size": 32}), "holds no probe results"),
+    "unknown format": (json.dumps({**SEGMENTATION_RESULTS, "format": "bootleg-results/9"}), "unknown results format"),
+    "no section": (json.dumps({"format": RESULTS_FORMAT, "encoder": "x"}), "no results: it needs"),
+    "bad score": (json.dumps({"format": RESULTS_FORMAT, "classification": {
+        "dataset": "fashion-mnist", "probes": {"patch": {"best": {"top1": "high"}}}}}),
+        "classification.probes.patch.best.top1 must be a finite number"),
+    "no dataset": (json.dumps({"format": RESULTS_FORMAT, "segmentation": {"probes": {"knn": {"best": {"miou": 1}}}}}),
+                   "segmentation.dataset must be"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RESULTS)
+def test_unreadable_results_are_refused_before_anything_is_written(tmp_path, capsys, case):
+    content, message = BAD_RESULTS[case]
+    source = task_folder(tmp_path, "encoder")
+    (tmp_path / "bad.json").write_text(content)
+    out = tmp_path / "hub"
+    assert publish_main([source, "--repo-id", "user/tiny", "--out", out, "--dry-run",
+                         "--probe-results", tmp_path / "bad.json"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and str(tmp_path / "bad.json") in err
+    assert not out.exists() and not list(tmp_path.glob(".hub*"))  # no folder, no temporary build folder
+    if case != "not JSON":
+        with pytest.raises(PublishError, match=re.escape(message)):  # the library refuses it the same way
+            build_hub_folder(source, out, "user/tiny", probe_results=[SEGMENTATION_RESULTS, json.loads(content)])
+        assert not out.exists() and not list(tmp_path.glob(".hub*"))
+
+
+LOSSES = [(10, 0.9), (20, 0.7), (30, 0.5)]
+
+
+def fake_run(folder: Path) -> Path:
+    """A pretraining run folder as run_pretraining leaves it: the trainer state in its newest checkpoint."""
+    for step in (20, 30):
+        checkpoint = folder / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "model.safetensors").write_bytes(b"")
+        logs = [{"loss": loss, "step": s, "learning_rate": 1e-3} for s, loss in LOSSES if s <= step]
+        (checkpoint / "trainer_state.json").write_text(json.dumps(
+            {"global_step": step, "epoch": step / 24, "train_batch_size": 32, "log_history": logs}))
+    return folder
+
+
+def test_training_facts_of_a_run_folder_a_state_file_and_a_trainer_state(tmp_path):
+    run = fake_run(tmp_path / "run")
+    want = {"recipe": "vit-micro", "dataset": "Fashion-MNIST", "steps": 30, "epochs": 1.25, "global_batch_size": 32,
+            "images_seen": 960, "loss_first": 0.9, "loss_first_step": 10, "loss_last": 0.5, "loss_last_step": 30}
+    assert training_facts(run, "vit-micro", dataset="fashion-mnist", global_batch_size=32) == want  # newest checkpoint
+    assert training_facts(run / "checkpoint-30" / "trainer_state.json", "vit-micro", dataset="fashion-mnist",
+                          global_batch_size=32) == want
+    state = TrainerState(global_step=30, epoch=1.25, log_history=[{"loss": v, "step": s} for s, v in LOSSES])
+    assert training_facts(state, "vit-micro", dataset="fashion-mnist", global_batch_size=32) == want
+    # without the batch size: the checkpoint's per-device batch × its processes (RNG-state files), else the recipe's
+    assert training_facts(run, "vit-micro")["global_batch_size"] == 32
+    for rank in (0, 1):
+        (run / "checkpoint-30" / f"rng_state_{rank}.pth").write_bytes(b"")
+    facts = training_facts(run, "vit-micro")
+    assert (facts["global_batch_size"], facts["images_seen"], facts["dataset"]) == (64, 1920, None)
+    assert training_facts({"global_step": 30}, "vit-micro")["global_batch_size"] == 128  # vit-micro's
+    facts = training_facts({"global_step": 3, "log_history": []})
+    assert facts["recipe"] is facts["images_seen"] is facts["loss_first"] is None and facts["steps"] == 3
+    with pytest.raises(FileNotFoundError, match="no trainer_state.json"):
+        training_facts(tmp_path / "not-a-run")
+
+
+def test_training_facts_render_in_the_model_card(tmp_path):
+    source, run = task_folder(tmp_path, "encoder"), fake_run(tmp_path / "run")
+    assert publish_main([source, "--repo-id", "user/tiny", "--out", tmp_path / "hub", "--dry-run", "--training-run",
+                         run, "--recipe", "vit-micro", "--dataset", "zalando-datasets/fashion_mnist"]) == 0
+    text = (tmp_path / "hub" / "README.md").read_text()
+    assert "| Recipe | `vit-micro` |\n| Data | Fashion-MNIST |\n" in text
+    assert "| Steps | 30 × 32 images (960 images seen, 1.25 epochs) |" in text
+    assert "| Loss (MSE) | 0.9000 at step 10 → 0.5000 at step 30 |" in text
+    config = bootleg_hf.BootlegConfig.from_pretrained(source)
+    facts = {**training_facts(run, "vit-micro", global_batch_size=256), "overrides": ["training.lr_max=1e-3"]}
+    card = render_card(source, config, "encoder", "user/tiny", training=facts)
+    assert "| Recipe | `vit-micro` with `training.lr_max=1e-3` |" in card.text and "| Data |" not in card.text
+    assert "| Steps | 30 × 256 images (7,680 images seen, 1.25 epochs) |" in card.text
+    assert "This checkpoint's run" not in render_card(source, config, "encoder", "user/tiny").text
 
 
 def test_remote_code_closure_and_import_checks(tmp_path):

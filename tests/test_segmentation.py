@@ -8,20 +8,30 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import needs_fmnist, tiny_config
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from bootleg_hf.modeling_bootleg_heads import build_segmentation_head
+from bootleg_hf import BootlegForSemanticSegmentation
+from bootleg_hf.checkpoints import export_pretrained, load_encoder
+from bootleg_hf.data import decode_image
 from bootleg_hf.evaluation.segmentation import (
     KnnSegmenter,
     SegmentationSettings,
     blocks_to_maps,
+    encode,
     knn_segmentation,
+    load_segmentation_split,
     miou,
     patch_label_blocks,
     predict_segmentation,
+    prepare,
     run_segmentation,
     train_segmentation_head,
 )
+from bootleg_hf.image_processing_bootleg import make_segmentation_image_processor
+from bootleg_hf.modeling_bootleg_heads import build_segmentation_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,14 +151,57 @@ def test_segment_cli_smoke(tmp_path):
            "40", "--limit-test", "10", "--epochs", "1", "--threads", "1", "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads((out / "segment_results.json").read_text())
+    document = json.loads((out / "segment_results.json").read_text())
+    assert (document["format"], document["encoder"], document["weights"]) == ("bootleg-results/1", "random:vit-micro",
+                                                                             "teacher")
+    assert "classification" not in document
+    results = document["segmentation"]
+    assert results["dataset"] == {"name": "Fashion-MNIST 2×2 mosaics", "type": "zalando-datasets/fashion_mnist",
+                                  "split": "test"}
     assert set(results["probes"]) == {"knn", "lin", "blk"} and results["num_labels"] == 11
-    assert len(results["probes"]["knn"]["settings"]) == 8 and len(results["probes"]["blk"]["by_lr"]) == 3
+    assert len(results["probes"]["knn"]["grid"]) == 8 and len(results["probes"]["blk"]["grid"]) == 3
     for r in results["probes"].values():
         assert 0 <= r["best"]["miou"] <= 100 and 0 <= r["best"]["pixel_accuracy"] <= 100
+        assert r["best"]["miou"] == max(g["miou"] for g in r["grid"])
+    assert results["heads"] == {"lin": "heads/lin.safetensors", "blk": "heads/blk.safetensors"}
     config = json.loads((out / "segmenter" / "config.json").read_text())
-    assert config["segmentation_head"] == results["saved_head"] and config["id2label"]["0"] == "background"
+    assert config["segmentation_head"] == results["best_head"] and config["id2label"]["0"] == "background"
+    assert results["probes"][results["best_head"]]["best"]["miou"] == max(
+        results["probes"][k]["best"]["miou"] for k in ("lin", "blk"))
     assert "| knn |" in (out / "segment_results.md").read_text()
+
+
+@needs_fmnist
+def test_exported_segmentation_heads_give_the_logits_they_were_scored_with(tmp_path):
+    """Each saved Lin / Blk head, attached by export_pretrained to the encoder, is a segmentation folder that
+    reproduces the evaluation: its processor gives the evaluated pixels (here at 48 px, not the encoder's 32), its
+    logits are the head's on the evaluated features, and its predictions score the recorded mIoU."""
+    settings = SegmentationSettings(probes=("lin", "blk"), limit_train=24, limit_test=8, image_size=48, epochs=2,
+                                    lrs=[3e-3])
+    results = run_segmentation("random:vit-micro", "mosaic", settings, out=tmp_path / "seg")
+    encoder = load_encoder("random:vit-micro")
+    test = load_segmentation_split("mosaic", "test", 8, settings.seed + 1, "image", "mask")
+    pixels, labels = prepare(test, encoder.config, 48, "image", "mask")
+    tokens = encode(encoder, pixels)
+    for kind in ("lin", "blk"):
+        head_file = tmp_path / "seg" / results["heads"][kind]
+        with safe_open(head_file, framework="pt") as f:
+            assert {k: f.metadata()[k] for k in ("segmentation_head", "num_labels", "image_size")} == {
+                "segmentation_head": kind, "num_labels": "11", "image_size": "48"}
+        folder = export_pretrained("random:vit-micro", tmp_path / kind, segmentation_head=head_file)
+        model = BootlegForSemanticSegmentation.from_pretrained(folder).eval()
+        assert (model.config.segmentation_head, model.config.image_size, model.config.id2label[0]) == (kind, 48,
+                                                                                                      "background")
+        processor = type(make_segmentation_image_processor(encoder.config)).from_pretrained(folder)  # PIL backend
+        processed = processor(images=[decode_image(v) for v in test["image"]], return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(processed, pixels, atol=1e-6, rtol=0)
+        head = build_segmentation_head(kind, encoder.config, 11).eval()
+        head.load_state_dict(load_file(head_file))
+        with torch.no_grad():
+            logits = model(pixels).logits
+            torch.testing.assert_close(logits, head(tokens, (12, 12)), atol=1e-5, rtol=0)
+        pred = F.interpolate(logits, size=(48, 48), mode="bilinear", align_corners=False).argmax(1)
+        assert 100 * miou(pred, labels, 11)["miou"] == pytest.approx(results["probes"][kind]["best"]["miou"], abs=1e-9)
 
 
 @needs_fmnist

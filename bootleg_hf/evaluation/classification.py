@@ -9,6 +9,8 @@ gradients). Like the paper, the best grid point is reported (selected on the eva
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,10 +27,11 @@ from transformers import get_cosine_schedule_with_warmup
 from ..checkpoints import check_output, load_encoder, save_model_folder
 from ..configuration_bootleg import PROBE_TYPES, BootlegConfig
 from ..data import EvalTransform, ProbeTrainTransform, load_image_dataset
-from ..image_processing_bootleg import make_eval_image_processor
+from ..image_processing_bootleg import make_image_processor
 from ..modeling_bootleg import BootlegModel
 from ..modeling_bootleg_heads import AttentiveProbe, BootlegForImageClassification, build_probe
 from ..optim import adamw, param_groups
+from ..publishing import results_document
 from ..reports import write_report
 from .common import check_names, default_device, report_heading, select_subset, square_size
 
@@ -163,16 +166,18 @@ def top1(encoder: BootlegModel, sweeps: dict[str, ProbeSweep], loader, device: t
     return {kind: 100.0 * c.double() / total for kind, c in correct.items()}
 
 
-def run_probes(model: str | BootlegModel, dataset: str | datasets.DatasetDict = "fashion-mnist",
-               settings: ProbeSettings | None = None, out: str | Path | None = None,
-               overwrite: bool = False) -> dict[str, Any]:
+def run_probes(model: str | os.PathLike | BootlegModel,
+               dataset: str | datasets.DatasetDict = "fashion-mnist", settings: ProbeSettings | None = None,
+               out: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train the lr × wd sweep of every probe type on a frozen encoder (`model`: anything `load_encoder` takes) and
     return the results: per type the full grid (`top1` in %, final-epoch `train_loss`) and the best point.
 
-    With `out`, also writes `probe_results.json` / `.md`, the best head of each type (`heads/<type>.safetensors`) and
-    `classifier/`, a `BootlegForImageClassification` folder for the best probe with a processor doing the evaluation
-    crop, which `pipeline("image-classification", model=...)` loads. A non-empty `out` is refused (before any work)
-    unless `overwrite`."""
+    With `out`, also writes `probe_results.json` (the `bootleg-results/1` document of these results, see
+    `bootleg_hf.publishing.read_results`) / `.md`, the best head of each type (`heads/<type>.safetensors`, with its
+    type, class names and score as metadata, which `export_pretrained` reads) and `classifier/`, a
+    `BootlegForImageClassification` folder for the best probe with a processor doing the evaluation crop, which
+    `pipeline("image-classification", model=...)` loads. A non-empty `out` is refused (before any work) unless
+    `overwrite`."""
     s = settings or ProbeSettings()
     if out is not None:
         check_output(out, overwrite, inputs=[model])
@@ -185,7 +190,7 @@ def run_probes(model: str | BootlegModel, dataset: str | datasets.DatasetDict = 
     test = select_subset(load_image_dataset(dataset, s.test_split), s.limit_test, s.seed)
     label_names = class_names(train)
     train.set_transform(ProbeTrainTransform(size, scale=(0.3, 1.0), jitter=0.4))
-    test.set_transform(EvalTransform(size, crop_fraction=0.875))  # what `make_eval_image_processor` saves
+    test.set_transform(EvalTransform(size, crop_fraction=0.875))  # what `make_image_processor` saves
     train_loader = make_loader(train, s.batch_size, True, s.num_workers, s.seed)
     test_loader = make_loader(test, s.batch_size, False, s.num_workers, s.seed)
     sweeps = {}
@@ -197,10 +202,12 @@ def run_probes(model: str | BootlegModel, dataset: str | datasets.DatasetDict = 
     accuracy = top1(encoder, sweeps, test_loader, device)
 
     results: dict[str, Any] = {
-        "model": model if isinstance(model, str) else type(model).__name__, "weights": s.weights,
-        "dataset": dataset if isinstance(dataset, str) else "custom", "num_train": len(train), "num_test": len(test),
-        "image_size": size, "epochs": s.epochs, "warmup_epochs": s.warmup_epochs, "batch_size": s.batch_size,
-        "lrs": list(s.lrs), "wds": list(s.wds), "seed": s.seed, "probes": {},
+        "model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        "weights": s.weights,
+        "dataset": dataset if isinstance(dataset, str) else "custom", "split": s.test_split, "num_train": len(train),
+        "num_test": len(test), "image_size": size, "labels": label_names, "epochs": s.epochs,
+        "warmup_epochs": s.warmup_epochs, "batch_size": s.batch_size, "lrs": list(s.lrs), "wds": list(s.wds),
+        "seed": s.seed, "probes": {},
     }
     for kind, sweep in sweeps.items():
         grid = [{"lr": lr, "weight_decay": wd, "top1": float(a), "train_loss": float(loss)}
@@ -219,16 +226,19 @@ def save_probe_outputs(results: dict[str, Any], sweeps: dict[str, ProbeSweep], e
                        label_names: list[str], out: Path) -> None:
     """The best head per type, the best classifier as a model folder, and the report (see `run_probes`)."""
     (out / "heads").mkdir(parents=True, exist_ok=True)
+    results["heads"] = {}
     for kind, sweep in sweeps.items():
         best = results["probes"][kind]["best"]
         state = {k: v.detach().cpu().contiguous() for k, v in sweep.heads[best["index"]].state_dict().items()}
-        save_file(state, out / "heads" / f"{kind}.safetensors",
-                  metadata={"probe_type": kind, **{k: str(best[k]) for k in ("lr", "weight_decay", "top1")}})
+        results["heads"][kind] = f"heads/{kind}.safetensors"
+        save_file(state, out / results["heads"][kind],
+                  metadata={"probe_type": kind, "num_labels": str(len(label_names)), "labels": json.dumps(label_names),
+                            **{k: str(best[k]) for k in ("lr", "weight_decay", "top1")}})
     kind = results["best_probe"]
     best_head = sweeps[kind].heads[results["probes"][kind]["best"]["index"]].state_dict()
     classifier = BootlegForImageClassification.from_encoder(encoder, best_head, id2label=label_names, probe_type=kind)
-    save_model_folder(classifier, out / "classifier", make_eval_image_processor(encoder.config), overwrite=True)
-    write_report(out, "probe_results", results, probe_markdown(results))
+    save_model_folder(classifier, out / "classifier", make_image_processor(encoder.config), overwrite=True)
+    write_report(out, "probe_results", results_document(classification=results), probe_markdown(results))
 
 
 def probe_markdown(results: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ non-ignored pixels.
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -26,15 +27,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import save_file
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
 from ..checkpoints import check_output, load_encoder, save_model_folder
 from ..data import MOSAIC_LABELS, decode_image, make_mosaic_segmentation
-from ..image_processing_bootleg import make_image_processor
+from ..image_processing_bootleg import make_segmentation_image_processor
 from ..modeling_bootleg import BootlegModel
 from ..modeling_bootleg_heads import BootlegForSemanticSegmentation, build_segmentation_head
 from ..optim import adamw, param_groups
+from ..publishing import results_document
 from ..reports import write_report
 from .common import check_names, default_device, report_heading, select_subset
 
@@ -356,14 +359,15 @@ def decode_mask(value: Any) -> Image.Image:
 
 def prepare(ds: datasets.Dataset, config, size: int, image_column: str,
             mask_column: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """`pixel_values [N, 3, R, R]` through the model's image processor (as the pipeline sees images) and label maps
-    `[N, R, R]` resized with nearest neighbour. (transformers' BEiT PIL processor resizes segmentation maps with the
-    image's bicubic filter, which invents labels at class borders, so masks are resized here.)"""
-    processor = make_image_processor(config)
+    """`pixel_values [N, 3, R, R]` and label maps `[N, R, R]` through the segmentation image processor that
+    segmentation folders are saved with (images bicubic, label maps nearest neighbour), as the pipeline and
+    fine-tuning code see them."""
+    processor = make_segmentation_image_processor(config)
     images = [decode_image(v) for v in ds[image_column]]
-    pixel_values = processor(images=images, size={"height": size, "width": size}, return_tensors="pt")["pixel_values"]
-    masks = [np.asarray(decode_mask(v).resize((size, size), Image.NEAREST)) for v in ds[mask_column]]
-    return pixel_values, torch.from_numpy(np.stack(masks)).long()
+    masks = [np.asarray(decode_mask(v), dtype=np.int64) for v in ds[mask_column]]
+    batch = processor(images=images, segmentation_maps=masks, size={"height": size, "width": size},
+                      return_tensors="pt")
+    return batch["pixel_values"], batch["labels"].long()
 
 
 def _percent(scores: dict) -> dict:
@@ -374,7 +378,7 @@ def train_heads(kind: str, config, train_tokens: torch.Tensor, train_labels: tor
                 test_tokens: torch.Tensor, test_labels: torch.Tensor, num_labels: int, size: int,
                 s: SegmentationSettings, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
     """One Lin or Blk head per learning rate on cached features, each scored on the test split; returns the results
-    (best and per learning rate) and the best head."""
+    (the best learning rate's scores and training losses, and the grid of every learning rate) and the best head."""
     grid = (size // config.patch_size,) * 2
     by_lr, heads = {}, {}
     for lr in s.lrs or HEAD_LRS[kind]:
@@ -387,20 +391,23 @@ def train_heads(kind: str, config, train_tokens: torch.Tensor, train_labels: tor
         by_lr[lr] = {**_percent(miou(pred, test_labels, num_labels, s.ignore_index)), "train_loss": history}
     best_lr = max(by_lr, key=lambda lr: by_lr[lr]["miou"])
     results = {"best": {"lr": best_lr, **by_lr[best_lr]}, "epochs": s.epochs, "weight_decay": s.weight_decay,
-               "by_lr": {f"{lr:g}": {k: r[k] for k in ("miou", "pixel_accuracy")} | {"final_loss": r["train_loss"][-1]}
-                         for lr, r in by_lr.items()}}
+               "grid": [{"lr": lr, "miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"],
+                         "final_loss": r["train_loss"][-1]} for lr, r in by_lr.items()]}
     return results, heads[best_lr]
 
 
-def run_segmentation(model: str | BootlegModel, dataset: str | datasets.DatasetDict = "mosaic",
+def run_segmentation(model: str | os.PathLike | BootlegModel, dataset: str | datasets.DatasetDict = "mosaic",
                      settings: SegmentationSettings | None = None, out: str | Path | None = None,
                      overwrite: bool = False) -> dict[str, Any]:
     """Score the segmentation probes on a frozen encoder (`model`: anything `load_encoder` takes) and return the
     results: every kNN setting and each trained head with mIoU / pixel accuracy (in %), plus the best of each family.
 
-    With `out`, also writes `segment_results.json` / `.md` and the best Lin/Blk head as `segmenter/`, a
-    `BootlegForSemanticSegmentation` folder with processor that `pipeline("image-segmentation", model=...)` loads. A
-    non-empty `out` is refused (before any work) unless `overwrite`."""
+    With `out`, also writes `segment_results.json` (the `bootleg-results/1` document of these results, see
+    `bootleg_hf.publishing.read_results`) / `.md`, the best head of each trained kind (`heads/<kind>.safetensors`, with
+    its kind, class names, input size and score as metadata: `export_pretrained(..., segmentation_head=...)` attaches
+    it to an encoder) and the best of them as `segmenter/`, a `BootlegForSemanticSegmentation` folder with the
+    segmentation processor that `pipeline("image-segmentation", model=...)` loads. A non-empty `out` is refused
+    (before any work) unless `overwrite`."""
     s = settings or SegmentationSettings()
     if out is not None:
         check_output(out, overwrite, inputs=[model, dataset])
@@ -428,9 +435,11 @@ def run_segmentation(model: str | BootlegModel, dataset: str | datasets.DatasetD
     timings = {"features_s": time.perf_counter() - tick}
 
     results: dict[str, Any] = {
-        "model": model if isinstance(model, str) else type(model).__name__, "weights": s.weights,
-        "dataset": dataset if isinstance(dataset, str) else "custom", "num_train": len(train), "num_test": len(test),
-        "image_size": size, "num_labels": len(label_names), "ignore_index": s.ignore_index, "probes": {},
+        "model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
+        "weights": s.weights,
+        "dataset": dataset if isinstance(dataset, str) else "custom", "split": s.test_split, "num_train": len(train),
+        "num_test": len(test), "image_size": size, "num_labels": len(label_names), "labels": label_names,
+        "ignore_index": s.ignore_index, "probes": {},
     }
     if "knn" in s.probes:
         tick = time.perf_counter()
@@ -439,7 +448,8 @@ def run_segmentation(model: str | BootlegModel, dataset: str | datasets.DatasetD
         timings["knn_s"] = time.perf_counter() - tick
         scored = {name: _percent(r) for name, r in knn.items()}
         best = max(scored, key=lambda name: scored[name]["miou"])
-        results["probes"]["knn"] = {"best": {"setting": best, **scored[best]}, "settings": scored}
+        results["probes"]["knn"] = {"best": {"setting": best, **scored[best]}, "grid": [
+            {"setting": name, **{k: v for k, v in r.items() if k != "per_class_iou"}} for name, r in scored.items()]}
     trained = {}
     for kind in [p for p in s.probes if p in ("lin", "blk")]:
         tick = time.perf_counter()
@@ -449,16 +459,34 @@ def run_segmentation(model: str | BootlegModel, dataset: str | datasets.DatasetD
     timings["total_s"] = time.perf_counter() - start
     results["wall_time_s"] = {k: round(v, 2) for k, v in timings.items()}
 
+    if trained:
+        results["best_head"] = max(trained, key=lambda k: results["probes"][k]["best"]["miou"])
     if out is not None:
-        if trained:
-            best_kind = max(trained, key=lambda k: results["probes"][k]["best"]["miou"])
-            segmenter = BootlegForSemanticSegmentation.from_encoder(
-                encoder, trained[best_kind].state_dict(), id2label=label_names, segmentation_head=best_kind,
-                image_size=size, semantic_loss_ignore_index=s.ignore_index[0] if s.ignore_index else 255)
-            save_model_folder(segmenter, Path(out) / "segmenter", overwrite=True)
-            results["saved_head"] = best_kind
-        write_report(out, "segment_results", results, segment_markdown(results))
+        save_segmentation_outputs(results, trained, encoder, Path(out))
     return results
+
+
+def save_segmentation_outputs(results: dict[str, Any], trained: dict[str, nn.Module], encoder: BootlegModel,
+                              out: Path) -> None:
+    """Each trained head with its metadata, the best one as a model folder, and the report (see `run_segmentation`)."""
+    results["heads"] = {}
+    for kind, head in trained.items():
+        (out / "heads").mkdir(parents=True, exist_ok=True)
+        best = results["probes"][kind]["best"]
+        results["heads"][kind] = f"heads/{kind}.safetensors"
+        metadata = {"segmentation_head": kind, "num_labels": str(results["num_labels"]),
+                    "labels": json.dumps(results["labels"]),
+                    "image_size": str(results["image_size"]), "ignore_index": json.dumps(results["ignore_index"]),
+                    "lr": str(best["lr"]), "miou": str(best["miou"])}
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+                  out / results["heads"][kind], metadata=metadata)
+    if trained:
+        kind = results["best_head"]
+        segmenter = BootlegForSemanticSegmentation.from_encoder(
+            encoder, trained[kind].state_dict(), id2label=results["labels"], segmentation_head=kind,
+            image_size=results["image_size"], semantic_loss_ignore_index=(results["ignore_index"] or [255])[0])
+        save_model_folder(segmenter, out / "segmenter", overwrite=True)
+    write_report(out, "segment_results", results_document(segmentation=results), segment_markdown(results))
 
 
 def segment_markdown(results: dict[str, Any]) -> str:
@@ -472,12 +500,12 @@ def segment_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {kind} | {b['miou']:.2f} | {b['pixel_accuracy']:.2f} | {setting} |")
     if "knn" in results["probes"]:
         lines += ["", "## kNN settings", "", "| setting | mIoU % | pixel acc. % |", "|---|---|---|"]
-        for name, r in results["probes"]["knn"]["settings"].items():
-            lines.append(f"| {name} | {r['miou']:.2f} | {r['pixel_accuracy']:.2f} |")
+        for r in results["probes"]["knn"]["grid"]:
+            lines.append(f"| {r['setting']} | {r['miou']:.2f} | {r['pixel_accuracy']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 __all__ = ["KNN_KS", "KNN_METRICS", "SEGMENTATION_PROBES", "HEAD_LRS", "confusion_matrix", "segmentation_scores",
            "miou", "encode", "patch_label_blocks", "blocks_to_maps", "KnnSegmenter", "knn_segmentation",
            "train_segmentation_head", "predict_segmentation", "SegmentationSettings", "run_segmentation",
-           "segment_markdown"]
+           "save_segmentation_outputs", "segment_markdown"]
