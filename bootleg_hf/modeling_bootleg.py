@@ -1,7 +1,7 @@
 """The Bootleg ViT encoder (docs/design.md §3): `BootlegModel`, `BootlegBackbone` and their building blocks.
 
-Token layout `[CLS, REG×R, patches]`; a fixed 2-D sin-cos position embedding (MAE layout) on patches only; pre-LN
-blocks; final LayerNorm. Parameter names follow timm's `VisionTransformer` under the HF prefix, so a timm model built
+Token layout `[CLS, REG×R, patches]`; a fixed 2-D sin-cos position embedding (MAE layout) on patches only (or, for
+converted ViTs, a learned table, optionally with rows for CLS and registers); pre-LN blocks; final LayerNorm. Parameter names follow timm's `VisionTransformer` under the HF prefix, so a timm model built
 with `class_token=True, reg_tokens=R, no_embed_class=True` holding the same weights gives the same hidden states.
 """
 
