@@ -217,16 +217,22 @@ class BootlegAttention(nn.Module):
         self.qkv = nn.Linear(d, 3 * d, bias=config.qkv_bias)
         self.proj = nn.Linear(d, d)
 
+    def kernel(self, query: torch.Tensor, output_attentions: bool) -> Callable:
+        """The attention function: the eager kernel when weights are requested (SDPA and flash return none) and for
+        half-precision training on a CPU, where PyTorch's SDPA backward is slow (docs/design.md §10: a ViT-S step
+        1.8× slower than with the explicit matmul + softmax, whose bf16 matmuls are fast); else the configured one."""
+        name = self.config._attn_implementation
+        cpu_half_training = (name == "sdpa" and query.device.type == "cpu" and torch.is_grad_enabled()
+                             and query.dtype in (torch.bfloat16, torch.float16))
+        if output_attentions or cpu_half_training:
+            return eager_attention_forward
+        return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
+
     def forward(self, x: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`x [B, N, D]` → `(projected [B, N, D], weights [B, H, N, N] or None)`."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        # Requested weights always come from the eager kernel (SDPA and flash return none), under any backend.
-        attention: Callable = eager_attention_forward
-        if not output_attentions:
-            attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                              eager_attention_forward)
-        out, weights = attention(self, q, k, v, None, scaling=self.scale, dropout=0.0)
+        out, weights = self.kernel(q, output_attentions)(self, q, k, v, None, scaling=self.scale, dropout=0.0)
         return self.proj(out.reshape(b, n, d)), weights
 
 

@@ -31,6 +31,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .data import IndexedDataset
 from .image_processing_bootleg import default_image_processor
+from .precision import fast_bf16
 from .masking import BootlegDataCollator, MaskGenerator
 from .modeling_bootleg_pretraining import BootlegForPretraining
 from .optim import adamw, param_groups
@@ -72,10 +73,18 @@ class BootlegTrainingArguments(TrainingArguments):
                                            "EMA schedule or length: 'saved' continues the checkpoint's schedule, "
                                            "'new' switches to the requested one from the resumed step"})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the paper's 0.95)"})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 mixed precision (autocast: weights, optimizer state, targets and loss stay float32); None "
+                "(default): on where bf16 matmuls are native (CUDA bf16, CPUs with AMX or AVX-512 BF16)"})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "kept False: lazy set_transform datasets need their raw columns"})
 
     def __post_init__(self):
+        if self.bf16 is None:
+            gpu = torch.cuda.is_available() and not self.use_cpu
+            self.bf16 = not self.fp16 and fast_bf16("cuda" if gpu else "cpu")
+        if self.bf16 and not torch.cuda.is_available():
+            self.use_cpu = True  # transformers asks CPU bf16 runs to say so; nothing else changes without a GPU
         super().__post_init__()
         for name in ("lr_init", "lr_max", "lr_final", "wd_init", "wd_final"):
             value = getattr(self, name)
