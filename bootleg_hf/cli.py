@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .precision import PRECISIONS
+
 DATASET_HELP = "'fashion-mnist' (embedded), an image folder (<class>/*.png) or a Hub dataset name"
 MODEL_HELP = "encoder folder, pretraining checkpoint, task-model folder, Hub id, or random:<preset>[:seed]"
 
@@ -47,11 +49,18 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the frozen encoder's precision: auto = bf16 autocast where bf16 matmuls are native (CUDA, "
+                        "AMX / AVX-512 BF16 CPUs), else fp32")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """Options every evaluation command shares: threads, seed, device, output folder."""
+    """Options every evaluation command shares: threads, seed, device, precision, output folder."""
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    _add_precision(p)
     p.add_argument("--out", default="results")
     _add_overwrite(p)
 
@@ -154,7 +163,7 @@ loads.""")
     settings = ProbeSettings(probes=a.probes, epochs=a.epochs, batch_size=a.batch_size, limit_train=a.limit_train,
                              limit_test=a.limit_test, lrs=a.lrs, wds=a.wds, warmup_epochs=a.warmup_epochs,
                              test_split=a.test_split, weights=a.weights, seed=a.seed, num_workers=a.num_workers,
-                             device=a.device)
+                             device=a.device, precision=a.precision)
     print(probe_markdown(run_probes(a.model, a.dataset, settings, out=a.out, overwrite=a.overwrite)))
     return 0
 
@@ -210,7 +219,7 @@ loads.""")
         epochs=a.epochs, batch_size=a.batch_size, lrs=a.lrs, weight_decay=a.weight_decay, ks=a.ks,
         metrics=a.metrics, ignore_index=a.ignore_index, num_labels=a.num_labels, label_names=a.labels,
         test_split=a.test_split, image_column=a.image_column, mask_column=a.mask_column, weights=a.weights,
-        seed=a.seed, device=a.device)
+        seed=a.seed, device=a.device, precision=a.precision)
     print(segment_markdown(run_segmentation(a.model, a.dataset, settings, out=a.out, overwrite=a.overwrite)))
     return 0
 
@@ -238,6 +247,7 @@ through its teacher (--encoder student for the student); random:<preset> is the 
     p.add_argument("--remove-position-mean", action="store_true",
                    help="subtract each layer's per-position mean over the images first (content variation only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    _add_precision(p)
     p.add_argument("--out", default="analysis", help="output folder")
     _add_overwrite(p)
     a = p.parse_args(argv)
@@ -246,7 +256,7 @@ through its teacher (--encoder student for the student); random:<preset> is the 
     result = analyze(a.model, a.dataset, a.num_images, a.out, split=a.split, batch_size=a.batch_size,
                      max_distance=a.max_distance, pearson_normalize=a.pearson_normalize,
                      remove_position_mean=a.remove_position_mean, weights=a.encoder, device=a.device,
-                     overwrite=a.overwrite)
+                     overwrite=a.overwrite, precision=a.precision)
     print_summary(result)
     print(f"wrote {', '.join(result['figures'])} and analysis.json to {a.out} in {result['wall_s']:.1f} s")
     return 0

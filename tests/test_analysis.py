@@ -174,7 +174,7 @@ def test_collect_representations_matches_hidden_states():
     torch.manual_seed(0)
     model = BootlegModel(tiny_config()).eval()
     pixels = torch.randn(5, 3, 32, 32)
-    reps = collect_representations(model, pixels, batch_size=2)
+    reps = collect_representations(model, pixels, batch_size=2, precision="fp32")
     assert list(reps) == ["embed", "1.out", "2.out", "final"]
     with torch.no_grad():
         out = model(pixels, output_hidden_states=True)
@@ -183,6 +183,10 @@ def test_collect_representations_matches_hidden_states():
         assert reps[name].shape == (5, 16, 32)
         torch.testing.assert_close(reps[name], out.hidden_states[k][:, p:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(reps["final"], out.last_hidden_state[:, p:], atol=1e-5, rtol=1e-5)
+    # bf16 autocast (the default where it is fast): the same features to bf16 rounding, not equal to float32
+    half = collect_representations(model, pixels, batch_size=2, precision="bf16")
+    assert half["final"].dtype == torch.float32 and not torch.equal(half["final"], reps["final"])
+    torch.testing.assert_close(half["final"], reps["final"], atol=0.1, rtol=0.05)
     pix = collect_representations(model, pixels, "pixels,1.mid")
     assert list(pix) == ["pixels", "1.mid"] and pix["pixels"].shape == (5, 16, 8 * 8 * 3)
     # a pretraining model is analysed through its teacher

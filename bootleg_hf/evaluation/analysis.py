@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from ..checkpoints import check_output, load_encoder
 from ..data import EvalTransform, load_image_dataset
 from ..modeling_bootleg import BootlegModel
+from ..precision import autocast
 from ..reports import write_json
 from ..targets import TargetSpec, TargetTerm, merge_targets, normalized_pixels, patchify, zscore
 
@@ -275,13 +276,14 @@ def _as_terms(layers, num_hidden_layers: int) -> list[TargetTerm]:
 
 @torch.no_grad()
 def collect_representations(model: torch.nn.Module, pixel_values: torch.Tensor, layers=None,
-                            batch_size: int = 64) -> dict[str, torch.Tensor]:
+                            batch_size: int = 64, precision: str = "auto") -> dict[str, torch.Tensor]:
     """Patch-token features of `pixel_values [B, C, H, W]` at the requested layers.
 
     `layers`: `TargetTerm`s, `(block, kind)` pairs, a `TargetSpec`, or a spec string in the target grammar
     (e.g. `"embed,1:1:6,final"`); default `default_layers(depth)` = tokenizer output, every block's output, final-LN
     output. Kind `pixels` gives MAE's per-patch normalised pixels. The encoder runs in eval mode without gradients,
-    `batch_size` images at a time, through its teacher fast path (`forward_representations`).
+    `batch_size` images at a time, through its teacher fast path (`forward_representations`), with `precision`
+    (`auto`: bf16 autocast where bf16 matmuls are native, `bootleg_hf.precision`).
 
     Returns `{term.name: [B, N, D] float32 CPU tensor}` in the order of `layers` (names: `embed`, `1.out`, …,
     `final`, `pixels`), with CLS and register tokens dropped.
@@ -299,7 +301,8 @@ def collect_representations(model: torch.nn.Module, pixel_values: torch.Tensor, 
     try:
         for start in range(0, pixel_values.shape[0], batch_size):
             batch = pixel_values[start:start + batch_size].to(device)
-            outs = encoder.forward_representations(batch, feature_terms) if feature_terms else []
+            with autocast(device, precision):
+                outs = encoder.forward_representations(batch, feature_terms) if feature_terms else []
             for t, out in zip(feature_terms, outs):
                 chunks[t].append(out[:, config.num_prefix_tokens:].float().cpu())
             for t in terms:
@@ -361,12 +364,14 @@ def target_representations(reps: dict[str, torch.Tensor], spec) -> dict[str, tor
 def analyze(model: torch.nn.Module | str, dataset: Any, num_images: int, out_dir: str | Path, *, split: str = "test",
             batch_size: int = 64, max_distance: float | None = None, pearson_normalize: str = "token",
             remove_position_mean: bool = False, plots: bool = True, weights: str = "teacher",
-            device: str | torch.device | None = None, overwrite: bool = False) -> dict[str, Any]:
+            device: str | torch.device | None = None, overwrite: bool = False,
+            precision: str = "auto") -> dict[str, Any]:
     """Run the whole analysis on ``num_images`` images of ``dataset``; write PNGs and ``analysis.json`` into
     ``out_dir`` and return the JSON content.
 
     ``model``: a ``BootlegModel`` (or a model holding one, e.g. ``BootlegForPretraining`` → its teacher) or a spec for
-    ``load_encoder`` (with ``weights``: the teacher or the student of a pretraining folder), moved to ``device``.
+    ``load_encoder`` (with ``weights``: the teacher or the student of a pretraining folder), moved to ``device`` and
+    run with ``precision`` (``auto``: bf16 autocast where bf16 matmuls are native).
     ``dataset``: anything ``load_image_dataset`` accepts, or a ``[B, C, H, W]`` tensor.
     ``remove_position_mean``: subtract from every layer (and target) its mean over the images at each grid position
     first, so that the analysis sees only image-dependent variation, not the part of a token fixed by its position
@@ -388,7 +393,7 @@ def analyze(model: torch.nn.Module | str, dataset: Any, num_images: int, out_dir
     spec = config.target_spec
     layers = default_layers(config.num_hidden_layers)
     extra = [t for t in spec.terms if t not in layers]  # mid/attn/mlp/pixels targets are collected as well
-    reps = collect_representations(encoder, pixel_values, layers + extra, batch_size=batch_size)
+    reps = collect_representations(encoder, pixel_values, layers + extra, batch_size=batch_size, precision=precision)
     if remove_position_mean:
         reps = {name: r - r.mean(0, keepdim=True) for name, r in reps.items()}
     names = [t.name for t in layers]

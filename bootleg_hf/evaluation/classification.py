@@ -27,13 +27,14 @@ from transformers import get_cosine_schedule_with_warmup
 from ..checkpoints import check_output, load_encoder, save_model_folder
 from ..configuration_bootleg import PROBE_TYPES, BootlegConfig
 from ..data import EvalTransform, ProbeTrainTransform, load_image_dataset
+from ..precision import use_bf16
 from ..image_processing_bootleg import make_image_processor
 from ..modeling_bootleg import BootlegModel
 from ..modeling_bootleg_heads import AttentiveProbe, BootlegForImageClassification, build_probe
 from ..optim import adamw, param_groups
 from ..publishing import results_document
 from ..reports import write_report
-from .common import check_names, default_device, report_heading, select_subset, square_size
+from .common import check_names, default_device, frozen_tokens, report_heading, select_subset, square_size
 
 PROBE_GRID: tuple[float, ...] = (0.5e-3, 1e-3, 2e-3, 4e-3, 8e-3)
 
@@ -87,7 +88,9 @@ class ProbeSweep(nn.Module):
 class ProbeSettings:
     """What `run_probes` trains: probe types, budget (epochs, batch, subset sizes), the lr × wd grid, warm-up (default
     5 epochs, or `epochs // 2` below 10 epochs so short runs reach their cosine phase), which encoder weights of a
-    pretraining folder, the test split, seed, data-loader workers and device (default: GPU if any)."""
+    pretraining folder, the test split, seed, data-loader workers, device (default: GPU if any) and the frozen
+    encoder's precision while the heads train (`auto`: bf16 autocast where bf16 matmuls are native; the heads train
+    in float32, and the test split is always encoded in float32, as a saved classifier runs)."""
 
     probes: Sequence[str] = PROBE_TYPES
     epochs: int = 10
@@ -102,8 +105,10 @@ class ProbeSettings:
     seed: int = 0
     num_workers: int = 1
     device: str | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        use_bf16(self.precision, "cpu")  # validates the name
         self.probes = check_names(self.probes, PROBE_TYPES, "probe types")
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
@@ -127,8 +132,8 @@ def make_loader(ds: datasets.Dataset, batch_size: int, train: bool, num_workers:
         num_workers=num_workers, persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
 
 
-def train_sweeps(encoder: BootlegModel, sweeps: dict[str, ProbeSweep], loader, epochs: int,
-                 device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def train_sweeps(encoder: BootlegModel, sweeps: dict[str, ProbeSweep], loader, epochs: int, device: torch.device,
+                 precision: str = "auto") -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Train every sweep for `epochs` on one frozen encoder pass per batch; returns each head's mean loss of the last
     epoch per type and the time spent in the encoder and in the heads."""
     timings = {"encoder_s": 0.0, "heads_s": 0.0}
@@ -138,8 +143,7 @@ def train_sweeps(encoder: BootlegModel, sweeps: dict[str, ProbeSweep], loader, e
         losses = {kind: torch.zeros(len(s.grid)) for kind, s in sweeps.items()}
         for batch in loader:
             tick = time.perf_counter()
-            with torch.no_grad():
-                tokens = encoder(batch["pixel_values"].to(device)).last_hidden_state
+            tokens = frozen_tokens(encoder, batch["pixel_values"].to(device), precision)
             timings["encoder_s"] += time.perf_counter() - tick
             tick = time.perf_counter()
             labels = batch["label"].to(device)
@@ -154,11 +158,12 @@ def train_sweeps(encoder: BootlegModel, sweeps: dict[str, ProbeSweep], loader, e
 
 @torch.no_grad()
 def top1(encoder: BootlegModel, sweeps: dict[str, ProbeSweep], loader, device: torch.device) -> dict[str, torch.Tensor]:
-    """Top-1 accuracy in % of every head `{type: [K]}` on `loader`."""
+    """Top-1 accuracy in % of every head `{type: [K]}` on `loader`, the encoder in float32: the reported scores are
+    what the saved classifier gives in a float32 pipeline (the heads may have trained on bf16 features)."""
     correct = {kind: torch.zeros(len(s.grid), dtype=torch.long) for kind, s in sweeps.items()}
     total = 0
     for batch in loader:
-        tokens = encoder(batch["pixel_values"].to(device)).last_hidden_state
+        tokens = frozen_tokens(encoder, batch["pixel_values"].to(device), "fp32")
         labels = batch["label"].to(device)
         total += len(labels)
         for kind, sweep in sweeps.items():
@@ -198,7 +203,7 @@ def run_probes(model: str | os.PathLike | BootlegModel,
         torch.manual_seed(s.seed)
         sweeps[kind] = ProbeSweep(kind, config, len(label_names), s.lrs, s.wds, s.epochs * len(train_loader),
                                   s.warmup_epochs * len(train_loader)).to(device)
-    losses, timings = train_sweeps(encoder, sweeps, train_loader, s.epochs, device)
+    losses, timings = train_sweeps(encoder, sweeps, train_loader, s.epochs, device, s.precision)
     accuracy = top1(encoder, sweeps, test_loader, device)
 
     results: dict[str, Any] = {

@@ -5,6 +5,17 @@ from __future__ import annotations
 import datasets
 import torch
 
+from ..precision import autocast
+
+
+@torch.no_grad()
+def frozen_tokens(encoder: torch.nn.Module, pixel_values: torch.Tensor, precision: str = "auto",
+                  **kwargs) -> torch.Tensor:
+    """A frozen encoder's final-LN tokens `[B, T, D]` as float32, computed with `precision` (`auto`: bf16 autocast
+    where bf16 matmuls are native, `bootleg_hf.precision`); `kwargs` go to the encoder."""
+    with autocast(pixel_values.device, precision):
+        return encoder(pixel_values, **kwargs).last_hidden_state.float()
+
 
 def default_device() -> torch.device:
     """The first GPU when there is one, else the CPU."""
@@ -42,4 +53,4 @@ def square_size(config) -> int:
     return h
 
 
-__all__ = ["default_device", "select_subset", "check_names", "report_heading", "square_size"]
+__all__ = ["frozen_tokens", "default_device", "select_subset", "check_names", "report_heading", "square_size"]

@@ -33,13 +33,14 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ..checkpoints import check_output, load_encoder, save_model_folder
 from ..data import MOSAIC_LABELS, decode_image, make_mosaic_segmentation
+from ..precision import use_bf16
 from ..image_processing_bootleg import make_segmentation_image_processor
 from ..modeling_bootleg import BootlegModel
 from ..modeling_bootleg_heads import BootlegForSemanticSegmentation, build_segmentation_head
 from ..optim import adamw, param_groups
 from ..publishing import results_document
 from ..reports import write_report
-from .common import check_names, default_device, report_heading, select_subset
+from .common import check_names, default_device, frozen_tokens, report_heading, select_subset
 
 KNN_KS = (1, 3, 10, 30)
 KNN_METRICS = ("cosine", "l2")
@@ -107,13 +108,15 @@ def miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
 
 
 @torch.no_grad()
-def encode(encoder: BootlegModel, pixel_values: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def encode(encoder: BootlegModel, pixel_values: torch.Tensor, batch_size: int = 256,
+           precision: str = "auto") -> torch.Tensor:
     """Frozen features: `pixel_values [N, C, R, R]` → final-LN tokens `[N, T, D]` (float32, on the input's device).
 
-    Runs the encoder in eval mode at R (interpolating the position embedding when R differs from the config)."""
+    Runs the encoder in eval mode at R (interpolating the position embedding when R differs from the config), with
+    `precision` (`frozen_tokens`)."""
     encoder.eval()
     device = next(encoder.parameters()).device
-    out = [encoder(x.to(device), interpolate_pos_encoding=True).last_hidden_state.float().to(pixel_values.device)
+    out = [frozen_tokens(encoder, x.to(device), precision, interpolate_pos_encoding=True).to(pixel_values.device)
            for x in pixel_values.split(batch_size)]
     return torch.cat(out)
 
@@ -301,7 +304,9 @@ class SegmentationSettings:
     default 1000 / 250); input size R (default: the encoder's; others interpolate the position embedding); Lin/Blk
     training (epochs, batch, learning rates — default `HEAD_LRS` —, weight decay); kNN k's and metrics; labels
     (`ignore_index` values are not scored; class names, else the mosaic's, else `"0"` … up to `num_labels`, default the
-    largest non-ignored train label + 1); dataset columns and test split; encoder weights; seed; device."""
+    largest non-ignored train label + 1); dataset columns and test split; encoder weights; seed; device; the frozen
+    encoder's precision for the training split (`auto`: bf16 autocast where bf16 matmuls are native; heads train in
+    float32; the test split is always encoded in float32, as a saved segmenter runs)."""
 
     probes: Sequence[str] = SEGMENTATION_PROBES
     limit_train: int | None = 1000
@@ -322,8 +327,10 @@ class SegmentationSettings:
     weights: str = "teacher"
     seed: int = 0
     device: str | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        use_bf16(self.precision, "cpu")  # validates the name
         self.probes = check_names(self.probes, SEGMENTATION_PROBES, "segmentation probes")
         self.ignore_index = [int(i) for i in self.ignore_index]
 
@@ -431,7 +438,9 @@ def run_segmentation(model: str | os.PathLike | BootlegModel, dataset: str | dat
         label_names = [str(i) for i in range(s.num_labels or int(valid.max()) + 1)]
     label_names = list(label_names)
     tick = time.perf_counter()
-    train_tokens, test_tokens = encode(encoder, train_pixels), encode(encoder, test_pixels)
+    # the test split in float32, as the saved segmenter runs; the heads' training features with `s.precision`
+    train_tokens, test_tokens = encode(encoder, train_pixels, precision=s.precision), encode(encoder, test_pixels,
+                                                                                              precision="fp32")
     timings = {"features_s": time.perf_counter() - tick}
 
     results: dict[str, Any] = {
