@@ -1,7 +1,7 @@
 """Run the CPU benchmark set and write `bench/results/*.json` + `bench/results/SUMMARY.md` (`make bench`).
 
-    python -m bench.run_cpu                  # everything, ~6–10 minutes on 2 cores
-    python -m bench.run_cpu --only encoder   # one part (masking, encoder, pretrain_step, breakdown)
+    python -m bench.run_cpu                  # everything, ~8–12 minutes on 2 cores
+    python -m bench.run_cpu --only encoder   # one part (masking, input, encoder, pretrain_step, breakdown)
     python -m bench.run_cpu --summary-only   # rebuild SUMMARY.md from the JSON files already there
 
 Torch runs with `--threads` intra-op threads (default 1). On a shared machine whose other processes keep the cores
@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bench.common import RESULTS_DIR, load_average, machine_info, set_threads, write_json
 
-PARTS = ("masking", "encoder", "pretrain_step", "breakdown")
+PARTS = ("masking", "input", "encoder", "pretrain_step", "breakdown")
+ONE_THREAD_PARTS = ("masking", "input")  # measured per core by definition: these scripts pin torch to one thread
 
 
 def run_part(part: str, out_dir: Path, quick: bool) -> dict:
@@ -27,6 +28,11 @@ def run_part(part: str, out_dir: Path, quick: bool) -> dict:
         from bench import bench_masking
 
         return bench_masking.main(["--out", str(out)] + (["--loader-batches", "4"] if quick else []))
+    if part == "input":
+        from bench import bench_input
+
+        return bench_input.main(["--out", str(out)] + (["--images", "64", "--repeats", "3", "--loader-samples", "256",
+                                                        "--loader-rounds", "1"] if quick else []))
     if part == "encoder":
         from bench import bench_encoder
 
@@ -195,6 +201,45 @@ def summarize_masking(r: dict) -> list[str]:
     return lines + [""]
 
 
+def summarize_input(r: dict) -> list[str]:
+    cfg, pre, ld, alt, g = (r[k] for k in ("config", "pretrain_in_process", "pretrain_loader", "alternatives",
+                                           "gpu_demand"))
+    lines = ["## Input pipeline (JPEG → masked batch)", "", f"Machine: {_machine_line(r['machine'])}.", "",
+             f"{cfg['images']} generated JPEGs (quality {cfg['quality']}, mean {cfg['mean_file_kb']:.0f} kB, "
+             f"{cfg['mean_pixels'] / 1e3:.0f} kpixels), `PretrainTransform({cfg['image_size']})` + "
+             f"`BootlegDataCollator` ({cfg['masks']}), batch {cfg['batch_size']}. *before*: the transforms before "
+             "issue 16 (ops on the PIL image, torchvision ToImage + ToDtype + Normalize); *after*: today's (ops on a "
+             "uint8 tensor, one fused normalisation). Same random draws. In-process, one thread, alternated:", "",
+             "| pipeline | images/s | images/CPU-s | " + " | ".join(f"{s} ms" for s in pre["after"]["stage_ms_per_image"])
+             + " |", "|---" * (3 + len(pre["after"]["stage_ms_per_image"])) + "|"]
+    for name in ("before", "after"):
+        x = pre[name]
+        lines.append(f"| {name} | {x['end_to_end']['images_per_s']:.0f} | {x['end_to_end']['images_per_cpu_s']:.0f} | "
+                     + " | ".join(f"{v:.3f} ({x['stage_shares'][s] * 100:.0f} %)"
+                                  for s, v in x["stage_ms_per_image"].items()) + " |")
+    lines += ["", f"after / before time: **{pre['after_over_before_time']:.2f}**.", "",
+              "| DataLoader | workers | images/s | per worker | per worker CPU-second |", "|---|---|---|---|---|"]
+    for key, x in ld.items():
+        if isinstance(x, dict):
+            lines.append(f"| {key.split('_')[0]} | {x['workers']} | {x['images_per_s']:.0f} | "
+                         f"{x['images_per_s_per_worker']:.0f} | {x['images_per_worker_cpu_s']:.0f} |")
+    probe = r["probe_in_process"]
+    lines += ["", "Probe path in-process (images/s): " + ", ".join(
+        f"{k.replace('_', ' ')} {v['images_per_s']:.0f}" for k, v in probe.items() if isinstance(v, dict)) + ".", "",
+        "Alternatives (ms/image): decoders " + ", ".join(f"{k.replace('_', ' ')} {v['ms_per_image']:.3f}"
+                                                    for k, v in alt["decoders"].items()) +
+        f" (torchvision's decoders are deprecated since 0.29); PIL `draft` at 1/2 would apply to "
+        f"{alt['draft']['fraction_of_crops_decodable_at_half_scale'] * 100:.1f} % of the crops "
+        f"({alt['draft']['expected_saving_ms_per_image']:.3f} ms/image expected); normalisation " + ", ".join(
+            f"{k.replace('_', ' ')} {v['ms_per_image']:.3f}" for k, v in alt["normalize"].items()) +
+        "; a worker's batch to shared memory " + ", ".join(
+            f"{k} {v['ms_per_image']:.3f}" for k, v in alt["shared_memory_handover"].items()) + ".", "",
+        f"GPU demand: a ViT-B/16 step at ≈ {g['gpu_images_per_s']:,.0f} images/s ({g['source']}; "
+        f"{g['model_gflops_per_image']:.0f} GFLOP/image) needs **{g['workers_needed']} workers** (cores) at "
+        f"{g['images_per_s_per_worker']:.0f} images/s each."]
+    return lines + [""]
+
+
 def summarize_library_ab(r: dict) -> list[str]:
     lines = ["## Library changes, before / after", "", r.get("description", ""), "",
              f"Machine: {_machine_line(r['machine'])}.", "",
@@ -246,6 +291,13 @@ def headlines(results_dir: Path) -> list[str]:
     if mk := load("masking.json"):
         out.append("- Mask generation, 256 × 14×14 on one thread (≤ 5 ms): " + ", ".join(
             f"{m} {g['median_ms']:.2f} ms" for m, g in mk["generate"].items()) + ".")
+    if inp := load("input.json"):
+        pre, g = inp["pretrain_in_process"], inp["gpu_demand"]
+        after, was = pre["after"]["end_to_end"], pre["before"]["end_to_end"]
+        out.append(f"- Input pipeline, JPEG → 224 px masked batch, one thread: {after['images_per_s']:.0f} images/s, "
+                   f"{after['images_per_cpu_s']:.0f} per CPU-second (before issue 16: {was['images_per_s']:.0f} / "
+                   f"{was['images_per_cpu_s']:.0f}; time ratio {pre['after_over_before_time']:.2f}); a ViT-B/16 GPU "
+                   f"step (≈ {g['gpu_images_per_s']:,.0f} images/s) needs {g['workers_needed']} DataLoader workers.")
     return (["## Headlines", ""] + out + [""]) if out else []
 
 
@@ -260,6 +312,7 @@ def write_summary(results_dir: str | Path = RESULTS_DIR) -> Path:
     lines += headlines(results_dir)
     sections = [("encoder.json", summarize_encoder), ("pretrain_step.json", summarize_pretrain),
                 ("breakdown.json", summarize_breakdown), ("masking.json", summarize_masking),
+                ("input.json", summarize_input),
                 ("library_ab.json", summarize_library_ab)]
     for name, fn in sections:
         path = results_dir / name
@@ -295,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
         for part in args.only:
             t0, before = time.perf_counter(), load_average()
             print(f"\n=== {part} ===", flush=True)
-            if part != "masking":  # bench_masking pins itself to one thread (its spec is per core)
+            if part not in ONE_THREAD_PARTS:
                 set_threads(args.threads)
             run_part(part, out_dir, args.quick)
             log[part] = {"seconds": round(time.perf_counter() - t0, 1), "load_before": before,

@@ -76,6 +76,9 @@ class BootlegTrainingArguments(TrainingArguments):
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision (autocast: weights, optimizer state, targets and loss stay float32); None "
                 "(default): on where bf16 matmuls are native (CUDA bf16, CPUs with AMX or AVX-512 BF16)"})
+    dataloader_pin_memory: bool | None = field(default=None, metadata={
+        "help": "page-locked batches for faster copies to the GPU; None (default): on when training on a CUDA GPU "
+                "(pinning without one only makes torch warn)"})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "kept False: lazy set_transform datasets need their raw columns"})
 
@@ -83,6 +86,8 @@ class BootlegTrainingArguments(TrainingArguments):
         if self.bf16 is None:
             gpu = torch.cuda.is_available() and not self.use_cpu
             self.bf16 = not self.fp16 and fast_bf16("cuda" if gpu else "cpu")
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = torch.cuda.is_available() and not self.use_cpu
         if self.bf16 and not torch.cuda.is_available():
             self.use_cpu = True  # transformers asks CPU bf16 runs to say so; nothing else changes without a GPU
         super().__post_init__()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import bench_breakdown, bench_encoder, bench_masking, bench_pretrain_step, common, gpu, run_cpu
+from bench import bench_breakdown, bench_encoder, bench_input, bench_masking, bench_pretrain_step, common, gpu, run_cpu
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=48, patch_size=8,
             predictor_hidden_size=16, predictor_num_hidden_layers=1, predictor_num_attention_heads=2,
@@ -95,6 +95,22 @@ def test_masking_bench(results):
     assert out["loading"]["bootleg_collator"]["images_per_s"] > 0
 
 
+def test_input_bench(results):
+    out = bench_input.main(["--out", str(results / "input.json"), "--images", "8", "--long-side", "48", "64",
+                            "--image-size", "32", "--batch-size", "4", "--repeats", "1", "--warmup", "0",
+                            "--workers", "1", "--loader-samples", "16", "--loader-rounds", "1"])
+    check_machine(out)
+    pre = out["pretrain_in_process"]
+    for name in ("before", "after"):
+        assert list(pre[name]["stage_shares"]) == list(bench_input.STAGES)
+        assert abs(sum(pre[name]["stage_shares"].values()) - 1) < 1e-6
+        assert pre[name]["end_to_end"]["images_per_s"] > 0
+    assert out["pretrain_loader"]["after_1_workers"]["images_per_worker_cpu_s"] > 0
+    assert {"train_before", "train_after", "eval_before", "eval_after"} <= set(out["probe_in_process"])
+    assert set(out["alternatives"]["decoders"]) >= {"pil", "pil_draft_half", "torchvision_decode_jpeg"}
+    assert out["gpu_demand"]["workers_needed"] >= 1
+
+
 def test_gpu_script_dry_run_on_cpu(tmp_path):
     out = gpu.main(["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "1", "--batch-size", "2",
                     "--inference-batch", "2", "--out", str(tmp_path / "gpu.json")])
@@ -120,5 +136,5 @@ def test_summary_from_the_smoke_results(results):
     # runs last in this module: the files written by the tests above feed the summary
     path = run_cpu.write_summary(results)
     text = path.read_text()
-    for title in ("Encoder forward", "Pretraining step", "Step breakdown", "Mask generation"):
+    for title in ("Encoder forward", "Pretraining step", "Step breakdown", "Mask generation", "Input pipeline"):
         assert title in text

@@ -5,14 +5,17 @@ from __future__ import annotations
 import gzip
 import logging
 import struct
+import warnings
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from PIL import Image
 
+from bootleg_hf import BootlegForPretraining, BootlegTrainer, BootlegTrainingArguments
 from bootleg_hf import data as D
 
 HAVE_FMNIST = Path(D.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file()
@@ -289,6 +292,44 @@ def test_transform_normalisation_and_eval_probe_transforms():
     assert torch.equal(a, b) and a.shape == (3, 28, 28)
     out = D.ProbeTrainTransform(12)({"image": [value, value], "label": [1, 2]})
     assert out["label"] == [1, 2] and len(out["pixel_values"]) == 2
+
+
+def test_tensor_backend_draws_the_same_crops_as_pil():
+    """The pretraining and probe transforms resize uint8 tensors (backend="tensor"); the same seed gives the same
+    crops and flips as on the PIL image, so the pixels differ only by resampling rounding."""
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((80, 60), Image.BICUBIC)
+    for cls in (D.PretrainTransform, D.ProbeTrainTransform):
+        outs = {}
+        for backend in ("tensor", "pil"):
+            torch.manual_seed(0)
+            outs[backend] = torch.stack(cls(24, backend=backend)({"image": [smooth] * 8})["pixel_values"])
+        assert outs["tensor"].is_contiguous() and outs["tensor"].dtype == torch.float32
+        step = 1 / 255 / min(D.IMAGENET_STD)  # one grey level after normalisation
+        assert (outs["tensor"] - outs["pil"]).abs().mean() < step
+        assert (outs["tensor"] - outs["pil"]).abs().amax() < 8 * step
+        assert not torch.equal(outs["tensor"][0], outs["tensor"][1])  # (and the draws do differ per image)
+    with pytest.raises(ValueError, match="backend"):
+        D.PretrainTransform(8, backend="cv2")
+
+
+@pytest.mark.parametrize("bf16", [False, None])
+def test_cpu_training_emits_no_pin_memory_warning(image_folder, tmp_path, bf16):
+    """Without an accelerator the Trainer's DataLoader is not asked to pin memory (torch warns "'pin_memory' argument
+    is set as true but no accelerator is found" otherwise), whether or not bf16 makes transformers switch to its
+    CPU mode (`use_cpu`, which turns pinning off by itself)."""
+    ds = D.load_image_dataset(image_folder, cache_dir=str(tmp_path / "cache"))
+    config = tiny_config()
+    ds.set_transform(D.PretrainTransform(config.image_size))
+    args = BootlegTrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=4,
+                                    save_strategy="no", report_to="none", disable_tqdm=True, bf16=bf16)
+    assert args.dataloader_pin_memory == torch.cuda.is_available()
+    trainer = BootlegTrainer(model=BootlegForPretraining(config), args=args, train_dataset=ds)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert trainer.state.global_step == 1
+    assert not [w for w in caught if "pin_memory" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_indexed_dataset():

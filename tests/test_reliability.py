@@ -214,7 +214,7 @@ def test_resume_with_a_changed_schedule_continues_or_switches_explicitly(images,
     ("training.lr_max=fast", "training.lr_max must be float, got 'fast'"),
     ("model.hidden_size=32.5", "model.hidden_size must be int"),
     ("data.crop_scale=[1.0, 0.35]", "crop_scale must be \\[low, high\\] with 0 < low <= high <= 1"),
-    ("training.bf16=yes", "training.bf16 must be bool \| None, got 'yes'"),  # YAML 1.2: only true/false are booleans
+    ("training.bf16=yes", r"training.bf16 must be bool \| None, got 'yes'"),  # YAML 1.2: only true/false are booleans
 ])
 def test_recipe_keys_and_types_are_checked(override, message):
     with pytest.raises(RecipeError, match=message):

@@ -126,10 +126,17 @@ def class_names(ds: datasets.Dataset) -> list[str]:
     return [str(i) for i in range(max(ds["label"]) + 1)]
 
 
-def make_loader(ds: datasets.Dataset, batch_size: int, train: bool, num_workers: int, seed: int):
+def make_loader(ds: datasets.Dataset, batch_size: int, train: bool, num_workers: int, seed: int,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The probes' DataLoader. `pin_memory` is for CUDA devices only (page-locked batches copy faster to the GPU;
+    without an accelerator torch only warns). Workers: `ProbeSettings.num_workers` defaults to 1, which overlaps
+    loading with the frozen encoder; on a CPU the encoder is the slower of the two by far (one worker transforms
+    several hundred 224 px JPEGs per second, `bench/bench_input.py`), on a GPU give it about the encoder's images/s
+    divided by that rate."""
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) >= batch_size,  # BatchNorm needs B > 1
-        num_workers=num_workers, persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+        num_workers=num_workers, persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+        pin_memory=pin_memory)
 
 
 def train_sweeps(encoder: BootlegModel, sweeps: dict[str, ProbeSweep], loader, epochs: int, device: torch.device,
@@ -196,8 +203,9 @@ def run_probes(model: str | os.PathLike | BootlegModel,
     label_names = class_names(train)
     train.set_transform(ProbeTrainTransform(size, scale=(0.3, 1.0), jitter=0.4))
     test.set_transform(EvalTransform(size, crop_fraction=0.875))  # what `make_image_processor` saves
-    train_loader = make_loader(train, s.batch_size, True, s.num_workers, s.seed)
-    test_loader = make_loader(test, s.batch_size, False, s.num_workers, s.seed)
+    pin = device.type == "cuda"
+    train_loader = make_loader(train, s.batch_size, True, s.num_workers, s.seed, pin)
+    test_loader = make_loader(test, s.batch_size, False, s.num_workers, s.seed, pin)
     sweeps = {}
     for kind in s.probes:
         torch.manual_seed(s.seed)
