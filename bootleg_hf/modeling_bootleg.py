@@ -192,12 +192,15 @@ def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.T
                             **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """Explicit attention, the `eager` entry of the attention interface: `query/key/value [B, H, N, d]` →
     `(out [B, N, H, d], weights [B, H, N, N])`. An additive `attention_mask` broadcasts onto the scores; the softmax
-    runs in float32 (accurate under half precision) and is cast back to the query dtype."""
+    accumulates in float32 under half precision and its result has the query dtype."""
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     scores = (query * scaling) @ key.transpose(-2, -1)
     if attention_mask is not None:
         scores = scores + attention_mask
-    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    # float32 softmax for half precision, except on a CPU, whose bf16 softmax accumulates in float32 already (same
+    # error against float64, measured) and whose float32 round trip costs more than the softmax itself
+    on_cpu = query.device.type == "cpu"
+    weights = scores.softmax(dim=-1) if on_cpu else scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=module.training)
     return (weights @ value).transpose(1, 2), weights
 
@@ -219,12 +222,12 @@ class BootlegAttention(nn.Module):
 
     def kernel(self, query: torch.Tensor, output_attentions: bool) -> Callable:
         """The attention function: the eager kernel when weights are requested (SDPA and flash return none) and for
-        half-precision training on a CPU, where PyTorch's SDPA backward is slow (docs/design.md §10: a ViT-S step
-        1.8× slower than with the explicit matmul + softmax, whose bf16 matmuls are fast); else the configured one."""
+        half precision on a CPU, where PyTorch's SDPA is slower than the explicit matmul + softmax, whose bf16 matmuls
+        are fast (docs/design.md §10: ViT-S training step 1.8×, inference 1.1× slower with SDPA); else the configured
+        one."""
         name = self.config._attn_implementation
-        cpu_half_training = (name == "sdpa" and query.device.type == "cpu" and torch.is_grad_enabled()
-                             and query.dtype in (torch.bfloat16, torch.float16))
-        if output_attentions or cpu_half_training:
+        cpu_half = name == "sdpa" and query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
+        if output_attentions or cpu_half:
             return eager_attention_forward
         return ALL_ATTENTION_FUNCTIONS.get_interface(name, eager_attention_forward)
 
