@@ -2,6 +2,7 @@
 
     python -m bench.run_cpu                  # everything, ~8–12 minutes on 2 cores
     python -m bench.run_cpu --only encoder   # one part (masking, input, encoder, pretrain_step, breakdown)
+    python -m bench.run_cpu --only ijepa_official --ijepa-repo /tmp/ijepa-official   # vs the official I-JEPA code
     python -m bench.run_cpu --summary-only   # rebuild SUMMARY.md from the JSON files already there
 
 Torch runs with `--threads` intra-op threads (default 1). On a shared machine whose other processes keep the cores
@@ -18,11 +19,11 @@ from pathlib import Path
 
 from bench.common import RESULTS_DIR, load_average, machine_info, set_threads, write_json
 
-PARTS = ("masking", "input", "encoder", "pretrain_step", "breakdown")
+PARTS = ("masking", "input", "encoder", "pretrain_step", "breakdown", "ijepa_official")
 ONE_THREAD_PARTS = ("masking", "input")  # measured per core by definition: these scripts pin torch to one thread
 
 
-def run_part(part: str, out_dir: Path, quick: bool) -> dict:
+def run_part(part: str, out_dir: Path, quick: bool, ijepa_repo: str | None = None) -> dict:
     out = out_dir / f"{part}.json"
     if part == "masking":
         from bench import bench_masking
@@ -46,6 +47,10 @@ def run_part(part: str, out_dir: Path, quick: bool) -> dict:
         from bench import bench_breakdown
 
         result = bench_breakdown.run(["vit-micro", "vit-small"], repeats=2 if quick else None)
+    elif part == "ijepa_official":  # main() skips it without --ijepa-repo; the script skips a path without the code
+        from bench import bench_ijepa_official
+
+        result = bench_ijepa_official.run(ijepa_repo, repeats=2 if quick else None)
     else:
         raise ValueError(part)
     write_json(result, out)
@@ -128,6 +133,46 @@ def summarize_pretrain(r: dict) -> list[str]:
                          f"{k.replace('_over_', ' / ')} **{v:.2f}**" +
                          (f" ({pr[k]:.2f}, CPU {cr[k]:.2f})" if k in pr and k in cr else "")
                          for k, v in x["ratios"].items()) + ".")
+        lines.append("")
+    return lines
+
+
+def summarize_ijepa_official(r: dict) -> list[str]:
+    lines = ["## Side by side with the official I-JEPA code", "", f"Machine: {_machine_line(r['machine'])}.", ""]
+    if "skipped" in r:
+        return lines + [f"Skipped: {r['skipped']}.", ""]
+    for name, x in r["results"].items():
+        pred, ratios = x["shape"]["predictor"], x["ratios"]
+        lines += [f"### {name}, batch {x['batch_size']}", "",
+                  f"Official `{x['shape']['model']}` ({x['shape']['image_size']} px / {x['shape']['patch_size']}) + "
+                  f"predictor {pred['hidden_size']}/{pred['num_hidden_layers']}/{pred['num_heads']} vs "
+                  "`BootlegForPretraining` as I-JEPA holding the same weights (fp32 parity: predictions "
+                  f"{x['parity']['predictions_max_abs_diff']:.1e}, targets {x['parity']['targets_max_abs_diff']:.1e}) "
+                  "and Bootleg's own preset for reference; the same images and official `MaskCollator` masks "
+                  f"(context {x['masks']['context_tokens_mean']:.1f} tokens, 4 × "
+                  f"{x['masks']['target_tokens_per_rectangle_mean']:.1f} target tokens). One step = forward, "
+                  "backward, AdamW, zero_grad, EMA; bf16 = CPU autocast around the forward. Official code: "
+                  f"`{x['official_code']['sha256_of_files_used'][:12]}` (sha256 of the files used).", "",
+                  "| contender | " + " | ".join(f"{p} s/step" for p in x["precisions"]) + " | best |",
+                  "|---|" + "---|" * (len(x["precisions"]) + 1)]
+        for c, best in x["best_precision"].items():
+            lines.append(f"| {c} | " + " | ".join(f"{x['timings'][f'{c}/{p}']['median_s']:.3f}"
+                                                  for p in x["precisions"]) + f" | {best} |")
+        lines += ["", "Ratios (of the median wall times; in brackets the median per-round ratio and the ratio of "
+                  "median process CPU times): " + ", ".join(
+                      f"{k.replace('_over_', ' / ')} **{v:.2f}** ({x['paired_ratios'][k]:.2f}, CPU "
+                      f"{x['cpu_time_ratios'][k]:.2f})" for k, v in ratios.items()) + "."]
+        if t := x.get("target"):
+            lines.append(f"Target {t['ratio'].replace('_over_', ' / ')} ≤ {t['max']}: "
+                         f"{'met' if t['met'] else '**not met**'}.")
+        if prof := x.get("profile"):
+            at = prof["precision"]
+            lines += ["", f"Largest differences in self CPU time per step (ours I-JEPA at {at['ours_ijepa']} − "
+                      f"official at {at['official']}; totals {prof['ours_total_self_cpu_ms']:.0f} vs "
+                      f"{prof['official_total_self_cpu_ms']:.0f} ms):", "",
+                      "| op | ours ms (calls) | official ms (calls) | difference ms |", "|---|---|---|---|"]
+            lines += [f"| `{d['op']}` | {d['ours_ms']:.1f} ({d['ours_calls']:g}) | {d['official_ms']:.1f} "
+                      f"({d['official_calls']:g}) | {d['diff_ms']:+.1f} |" for d in prof["largest_differences"][:10]]
         lines.append("")
     return lines
 
@@ -312,7 +357,7 @@ def write_summary(results_dir: str | Path = RESULTS_DIR) -> Path:
     lines += headlines(results_dir)
     sections = [("encoder.json", summarize_encoder), ("pretrain_step.json", summarize_pretrain),
                 ("breakdown.json", summarize_breakdown), ("masking.json", summarize_masking),
-                ("input.json", summarize_input),
+                ("input.json", summarize_input), ("ijepa_official.json", summarize_ijepa_official),
                 ("library_ab.json", summarize_library_ab)]
     for name, fn in sections:
         path = results_dir / name
@@ -339,6 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="fewer repeats and no ViT-B (a smoke run, ~3 minutes)")
     p.add_argument("--out-dir", default=str(RESULTS_DIR))
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--ijepa-repo", default=None, help="extracted copy of facebookresearch/ijepa: runs the "
+                   "ijepa_official part (skipped without it)")
     args = p.parse_args(argv)
     out_dir = Path(args.out_dir)
     if not args.summary_only:
@@ -348,9 +395,13 @@ def main(argv: list[str] | None = None) -> None:
         for part in args.only:
             t0, before = time.perf_counter(), load_average()
             print(f"\n=== {part} ===", flush=True)
+            if part == "ijepa_official" and not args.ijepa_repo:  # the official code is never a dependency
+                log[part] = {"skipped": "no --ijepa-repo given"}
+                print("=== ijepa_official: skipped (no --ijepa-repo given)", flush=True)
+                continue
             if part not in ONE_THREAD_PARTS:
                 set_threads(args.threads)
-            run_part(part, out_dir, args.quick)
+            run_part(part, out_dir, args.quick, args.ijepa_repo)
             log[part] = {"seconds": round(time.perf_counter() - t0, 1), "load_before": before,
                          "load_after": load_average()}
             print(f"=== {part}: {log[part]['seconds']} s, load average {before} → {log[part]['load_after']}",

@@ -138,3 +138,20 @@ def test_summary_from_the_smoke_results(results):
     text = path.read_text()
     for title in ("Encoder forward", "Pretraining step", "Step breakdown", "Mask generation", "Input pipeline"):
         assert title in text
+
+
+def test_ijepa_official_skips_cleanly_without_the_official_code(tmp_path):
+    # the official I-JEPA code is never a dependency: without a path holding it the script (and its run_cpu part)
+    # says why, writes a JSON saying `skipped` and returns normally (exit status 0)
+    from bench import bench_ijepa_official
+
+    for extra in ([], ["--ijepa-repo", str(tmp_path)]):
+        out = bench_ijepa_official.main(["--out", str(tmp_path / "ijepa_official.json")] + extra)
+        written = json.loads((tmp_path / "ijepa_official.json").read_text())
+        assert written["skipped"] == out["skipped"] and "results" not in written
+        check_machine(written)
+    assert "does not hold the official I-JEPA code" in out["skipped"]
+    run_cpu.main(["--only", "ijepa_official", "--out-dir", str(tmp_path)])
+    log = json.loads((tmp_path / "run_cpu_log.json").read_text())
+    assert log["parts"]["ijepa_official"] == {"skipped": "no --ijepa-repo given"}
+    assert "Skipped: " in (tmp_path / "SUMMARY.md").read_text()
