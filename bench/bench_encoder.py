@@ -67,8 +67,13 @@ def build_contenders(config: BootlegConfig, with_timm: bool = True, with_hf: boo
     return models
 
 
+def autocast_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        return model(x).last_hidden_state
+
+
 def bench_preset(config: BootlegConfig, batch_size: int, repeats: int, warmup: int = 1, with_timm: bool = True,
-                 with_hf: bool = True, with_noreg: bool = True, seed: int = 0) -> dict:
+                 with_hf: bool = True, with_noreg: bool = True, seed: int = 0, with_bf16: bool = True) -> dict:
     """Time the forward of each contender on one `[batch, C, H, W]` batch; returns a JSON-ready dict."""
     torch.manual_seed(seed)
     models = build_contenders(config, with_timm, with_hf, with_noreg)
@@ -76,24 +81,28 @@ def bench_preset(config: BootlegConfig, batch_size: int, repeats: int, warmup: i
     x = torch.randn(batch_size, config.num_channels, h, w)
     tokens = {"bootleg": config.num_prefix_tokens + config.num_patches,
               "timm": config.num_prefix_tokens + config.num_patches, "hf_vit": 1 + config.num_patches,
-              "bootleg_noreg": int(config.use_cls_token) + config.num_patches}
+              "bootleg_noreg": int(config.use_cls_token) + config.num_patches,
+              "bootleg_bf16": config.num_prefix_tokens + config.num_patches}
     result: dict = {"shape": {"hidden_size": config.hidden_size, "num_hidden_layers": config.num_hidden_layers,
                               "num_attention_heads": config.num_attention_heads,
                               "intermediate_size": config.intermediate_size, "image_size": [h, w],
                               "patch_size": config.patch_size, "batch_size": batch_size},
-                    "tokens": {k: v for k, v in tokens.items() if k in models}, "warmup": warmup}
+                    "tokens": {k: v for k, v in tokens.items() if k in models or (with_bf16 and k == "bootleg_bf16")},
+                    "warmup": warmup}
     with torch.inference_mode():
         if "timm" in models:
             diff = (models["bootleg"](x).last_hidden_state - models["timm"].forward_features(x)).abs().max().item()
             result["timm_parity_max_abs_diff"] = diff
         calls = {name: (lambda m=m: m(x)) for name, m in models.items()}
+        if with_bf16:  # ours under bf16 autocast: the frozen-encoder default where bf16 matmuls are native
+            calls["bootleg_bf16"] = lambda: autocast_forward(models["bootleg"], x)
         timings = time_alternating(calls, repeats=repeats, warmup=warmup)
     for name, t in timings.items():
         t["images_per_s"] = batch_size / t["median_s"]
     result["timings"] = timings
     result["ratios"], result["paired_ratios"], result["cpu_time_ratios"] = {}, {}, {}
     pairs = [("ours_over_timm", "bootleg", "timm"), ("ours_over_hf", "bootleg", "hf_vit"),
-             ("ours_noreg_over_hf", "bootleg_noreg", "hf_vit")]
+             ("ours_noreg_over_hf", "bootleg_noreg", "hf_vit"), ("ours_bf16_over_fp32", "bootleg_bf16", "bootleg")]
     for key, a, b in pairs:
         if a in timings and b in timings:
             result["ratios"][key] = ratio(timings[a], timings[b])

@@ -3,7 +3,7 @@
     python -m bench.bench_pretrain_step [--presets vit-micro vit-small] [--out bench/results/pretrain_step.json]
 
 A step is what `BootlegTrainer` does per optimizer step, without data loading: forward, backward, AdamW
-(foreach, β = (0.9, 0.95), weight decay on matrices only), `zero_grad(set_to_none=True)` and, for the Bootleg
+(fused, β = (0.9, 0.95), weight decay on matrices only), `zero_grad(set_to_none=True)` and, for the Bootleg
 contenders, the EMA teacher update (`update_teacher`, fused `_foreach_lerp_`). Contenders per preset:
 
 * `bootleg`: `BootlegForPretraining` of the preset (targets `1:4:12` for ViT-S), masks from the config's
@@ -14,6 +14,8 @@ contenders, the EMA teacher update (`update_teacher`, fused `_foreach_lerp_`). C
   4×), mask ratio 0.75, `norm_pix_loss=True`, SDPA. No teacher, no EMA.
 * `ijepa`: Bootleg configured as I-JEPA: `targets="final"`, `mask_mode="ijepa"`, `predictor_num_hidden_layers=6`
   (predictor width and heads as the preset), EMA momentum 0.996.
+* `bootleg_bf16`, `ijepa_bf16`: the same steps with the forward under bf16 autocast (weights, optimizer state,
+  targets and loss in float32), the Trainer's default where bf16 matmuls are native; ratios `*_bf16_over_fp32`.
 
 Masks are pre-generated (mask sampling lives in DataLoader workers; see `bench_masking.py`): the k-th timed step of
 each Bootleg contender uses mask batch k of its own generator, so every contender sees the same sequence of mask
@@ -33,6 +35,8 @@ from bench.common import (make_adamw, preset_bench_parser, cpu_ratio, machine_in
 from bootleg_hf import BootlegConfig, BootlegForPretraining
 from bootleg_hf.masking import MaskGenerator
 
+# `*_bf16`: the same step under bf16 autocast (the Trainer's default where bf16 matmuls are native)
+CONTENDERS = ("bootleg", "bootleg_bf16", "mae", "ijepa", "ijepa_bf16")
 DEFAULT_REPEATS = {"vit-micro": 20, "vit-tiny": 5, "vit-small": 5, "vit-base": 3}
 IJEPA_OVERRIDES = dict(targets="final", mask_mode="ijepa", predictor_num_hidden_layers=6, ema_start=0.996,
                        ema_end=1.0)
@@ -64,8 +68,9 @@ class BootlegStep:
     """A callable running one Bootleg training step on pre-generated batch `k` (cycling)."""
 
     def __init__(self, config: BootlegConfig, batch_size: int, num_batches: int, seed: int = 0,
-                 logged_loss: bool = False, device: str | torch.device = "cpu"):
+                 logged_loss: bool = False, device: str | torch.device = "cpu", bf16: bool = False):
         torch.manual_seed(seed)
+        self.bf16 = bf16  # bf16 autocast around the forward (as the Trainer's mixed precision), float32 otherwise
         self.config = config
         self.model = BootlegForPretraining(config).to(device).train()
         self.optimizer = make_adamw(self.model)
@@ -81,7 +86,8 @@ class BootlegStep:
     def __call__(self) -> None:
         ctx, tgt = self.masks[self.calls % len(self.masks)]
         self.calls += 1
-        out = self.model(self.pixel_values, ctx, tgt, compute_loss_value=self.logged_loss)
+        with torch.autocast(self.pixel_values.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(self.pixel_values, ctx, tgt, compute_loss_value=self.logged_loss)
         out.loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -123,10 +129,10 @@ def bench_preset(name: str, batch_size: int, repeats: int, warmup: int = 1, cont
     info: dict[str, dict] = {}
     num_batches = warmup + repeats
     for c in contenders:
-        if c in ("bootleg", "ijepa"):
-            cfg = BootlegConfig.from_preset(name, **{**base, **(IJEPA_OVERRIDES if c == "ijepa" else {})})
+        if c.removesuffix("_bf16") in ("bootleg", "ijepa"):
+            cfg = BootlegConfig.from_preset(name, **{**base, **(IJEPA_OVERRIDES if c.startswith("ijepa") else {})})
             cfg._attn_implementation = "sdpa"
-            step = BootlegStep(cfg, batch_size, num_batches, seed, logged_loss)
+            step = BootlegStep(cfg, batch_size, num_batches, seed, logged_loss, bf16=c.endswith("_bf16"))
             info[c] = {"targets": str(cfg.target_spec), "predictor": {
                 "hidden_size": cfg.predictor_hidden_size, "num_hidden_layers": cfg.predictor_num_hidden_layers,
                 "num_attention_heads": cfg.predictor_num_attention_heads},
@@ -151,11 +157,13 @@ def bench_preset(name: str, batch_size: int, repeats: int, warmup: int = 1, cont
     for t in timings.values():
         t["images_per_s"] = batch_size / t["median_s"]
     ratios, paired, cpu = {}, {}, {}
-    for other in ("mae", "ijepa"):
-        if "bootleg" in timings and other in timings:
-            ratios[f"bootleg_over_{other}"] = ratio(timings["bootleg"], timings[other])
-            paired[f"bootleg_over_{other}"] = paired_ratio(timings["bootleg"], timings[other])
-            cpu[f"bootleg_over_{other}"] = cpu_ratio(timings["bootleg"], timings[other])
+    pairs = [("bootleg_over_mae", "bootleg", "mae"), ("bootleg_over_ijepa", "bootleg", "ijepa"),
+             ("bootleg_bf16_over_fp32", "bootleg_bf16", "bootleg"), ("ijepa_bf16_over_fp32", "ijepa_bf16", "ijepa")]
+    for key, a, b in pairs:
+        if a in timings and b in timings:
+            ratios[key] = ratio(timings[a], timings[b])
+            paired[key] = paired_ratio(timings[a], timings[b])
+            cpu[key] = cpu_ratio(timings[a], timings[b])
     return {"encoder": {"hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
                         "num_attention_heads": cfg.num_attention_heads, "image_size": list(cfg.image_hw),
                         "patch_size": cfg.patch_size},
@@ -164,7 +172,7 @@ def bench_preset(name: str, batch_size: int, repeats: int, warmup: int = 1, cont
 
 
 def run(presets: list[str], batch_size: int = 16, repeats: int | None = None, warmup: int = 1,
-        contenders: tuple[str, ...] = ("bootleg", "mae", "ijepa"), config_overrides: dict | None = None,
+        contenders: tuple[str, ...] = CONTENDERS, config_overrides: dict | None = None,
         logged_loss: bool = False) -> dict:
     out: dict = {"benchmark": "pretrain_step", "machine": machine_info(), "results": {}}
     for name in presets:
@@ -180,7 +188,7 @@ def run(presets: list[str], batch_size: int = 16, repeats: int | None = None, wa
 
 def main(argv: list[str] | None = None) -> dict:
     p = preset_bench_parser(__doc__, ["vit-micro", "vit-small"], DEFAULT_REPEATS, "pretrain_step.json")
-    p.add_argument("--contenders", nargs="+", default=["bootleg", "mae", "ijepa"], choices=["bootleg", "mae", "ijepa"])
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     p.add_argument("--logged-loss", action="store_true", help="real MSE instead of MSELossNoForward")
     args = p.parse_args(argv)
     set_threads(args.threads)

@@ -657,6 +657,12 @@ with torch.load(weights_only=True) only.""")
 
         from .modeling_bootleg import BootlegModel
 
+        out, source = Path(a.out).resolve(), Path(a.bootleg).resolve()
+        if source.exists() and (out.is_relative_to(source) or source.is_relative_to(out)):
+            raise ValueError(f"the output {a.out} and the input {a.bootleg} overlap (one is or lies inside the "
+                             "other): writing the output would alter the input; choose another output file")
+        if out.exists() and not a.overwrite:  # a file, as every command's --out: replaced only when asked
+            raise ValueError(f"{a.out} exists and is not empty (pass --overwrite to replace it)")
         model = BootlegModel.from_pretrained(a.bootleg)
         state = bootleg_to_timm(model.state_dict(), model.config)
         save_file({k: v.contiguous() for k, v in state.items()}, a.out)
@@ -664,7 +670,8 @@ with torch.load(weights_only=True) only.""")
         return 0
     from .checkpoints import check_output, save_model_folder
 
-    check_output(a.out, a.overwrite)  # a non-empty --out is refused as by every command, before any work
+    # a non-empty --out is refused as by every command, before any work, and never one holding the checkpoint
+    check_output(a.out, a.overwrite, inputs=[a.checkpoint])
     try:  # every check runs before anything is written
         ref = build_timm_model(a.timm_arch, a.reg_tokens, a.checkpoint, a.layout, **dict(a.timm_args))
         model = timm_vit_to_bootleg(ref, with_head=a.with_head)
@@ -682,7 +689,7 @@ with torch.load(weights_only=True) only.""")
 
 
 def convert_ijepa_main(argv: Sequence[str] | None = None) -> int:
-    from .checkpoints import save_model_folder
+    from .checkpoints import check_output, save_model_folder
     from .conversion import ijepa_to_bootleg
 
     p = _parser("""Convert an I-JEPA checkpoint into a Bootleg folder: an official .pth.tar, or transformers' IJepaModel
@@ -717,6 +724,7 @@ official I-JEPA's). Meta released the I-JEPA weights under CC-BY-NC 4.0: publish
     image_size = None if a.image_size is None else (a.image_size[0] if len(a.image_size) == 1 else a.image_size[:2])
     options = {k: v for k, v in dict(num_heads=a.num_heads, predictor_num_heads=a.predictor_num_heads,
                                      image_size=image_size, layer_norm_eps=a.layer_norm_eps).items() if v is not None}
+    check_output(a.out, a.overwrite, inputs=[a.checkpoint])  # before any work; never over or into the checkpoint
     try:  # every check runs before anything is written
         model, notes = ijepa_to_bootleg(a.checkpoint, student=a.student, with_predictor=a.with_predictor, **options)
         save_model_folder(model, a.out, overwrite=a.overwrite)

@@ -55,9 +55,9 @@ def test_encoder_bench(results):
                     results / "encoder.json")
     check_machine(out)
     r = out["results"]["vit-micro"]
-    assert set(r["timings"]) == {"bootleg", "timm", "hf_vit", "bootleg_noreg"}
+    assert set(r["timings"]) == {"bootleg", "timm", "hf_vit", "bootleg_noreg", "bootleg_bf16"}
     assert STAT_KEYS | {"images_per_s"} <= set(r["timings"]["bootleg"])
-    assert set(r["ratios"]) == {"ours_over_timm", "ours_over_hf", "ours_noreg_over_hf"}
+    assert set(r["ratios"]) == {"ours_over_timm", "ours_over_hf", "ours_noreg_over_hf", "ours_bf16_over_fp32"}
     assert r["timm_parity_max_abs_diff"] < 1e-5  # timm really is the same network
 
 
@@ -66,8 +66,9 @@ def test_pretrain_step_bench(results):
                     results / "pretrain_step.json")
     check_machine(out)
     r = out["results"]["vit-micro"]
-    assert set(r["timings"]) == {"bootleg", "mae", "ijepa"}
-    assert set(r["ratios"]) == {"bootleg_over_mae", "bootleg_over_ijepa"}
+    assert set(r["timings"]) == {"bootleg", "bootleg_bf16", "mae", "ijepa", "ijepa_bf16"}
+    assert set(r["ratios"]) == {"bootleg_over_mae", "bootleg_over_ijepa", "bootleg_bf16_over_fp32",
+                                "ijepa_bf16_over_fp32"}
     assert r["contenders"]["ijepa"]["targets"] == "final" and r["contenders"]["ijepa"]["mask_mode"] == "ijepa"
     assert r["contenders"]["mae"]["decoder"]["hidden_size"] == TINY["predictor_hidden_size"]
 

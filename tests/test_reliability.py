@@ -58,6 +58,8 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(images, tmp_path):
+    """Guarantee: an --output-dir that holds a run is refused, nothing of it deleted or overwritten; --overwrite
+    replaces the run's files only."""
     out = tmp_path / "run"
     run_pretraining(settings(images, out))
     before = weights(out)
@@ -76,6 +78,7 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(images,
 
 
 def test_resume_needs_a_checkpoint(images, tmp_path):
+    """Guarantee: --resume on a folder without a (complete) checkpoint is an error."""
     for folder in (tmp_path / "missing", tmp_path):  # a missing and an empty folder
         with pytest.raises(FileNotFoundError, match="nothing to resume"):
             run_pretraining(settings(images, folder, resume="auto"))
@@ -84,6 +87,8 @@ def test_resume_needs_a_checkpoint(images, tmp_path):
 
 
 def test_two_processes_cannot_share_an_output_folder(images, tmp_path):
+    """Guarantee: two processes cannot write into one --output-dir (a lock file with the pid; a lock left by a killed
+    process is taken over)."""
     out = tmp_path / "run"
     out.mkdir()
     (out / LOCK_FILE).write_text(f"{os.getpid()} {os.uname().nodename}")  # a live process holds it
@@ -129,6 +134,8 @@ run_pretraining(PretrainSettings(recipe="vit-micro", overrides={overrides!r}, da
 
 
 def test_kill_during_a_checkpoint_write_resumes_from_the_last_complete_one(images, tmp_path):
+    """Guarantee: checkpoints are complete or absent — after a real kill -9 during a checkpoint write, --resume takes
+    the newest complete one and ends where the uninterrupted run ends."""
     overrides = TINY[:-1] + ["training.save_steps=1"]
     reference = run_pretraining(settings(images, tmp_path / "straight", max_steps=6, overrides=overrides))
     out, marker = tmp_path / "killed", tmp_path / "saving"
@@ -182,6 +189,8 @@ def test_resume_mid_epoch_is_bit_exact_with_the_real_transform(tmp_path, workers
 
 
 def test_resume_with_a_changed_schedule_continues_or_switches_explicitly(images, tmp_path, caplog):
+    """Guarantee: a resumed checkpoint keeps its own LR / weight-decay / EMA schedule (with a warning naming the
+    differences) unless --new-schedule switches to the recipe's."""
     overrides = TINY[:-1] + ["training.save_steps=2", "training.warmup_epochs=0"]
     first = run_pretraining(settings(images, tmp_path / "a", max_steps=4, overrides=overrides))
     checkpoint = tmp_path / "a" / "checkpoint-2"
@@ -217,6 +226,8 @@ def test_resume_with_a_changed_schedule_continues_or_switches_explicitly(images,
     ("training.bf16=yes", r"training.bf16 must be bool \| None, got 'yes'"),  # YAML 1.2: only true/false are booleans
 ])
 def test_recipe_keys_and_types_are_checked(override, message):
+    """Guarantee: recipes and --set are checked before anything runs: unknown sections and keys (with the closest known
+    one) and wrong types."""
     with pytest.raises(RecipeError, match=message):
         load_recipe("vit-micro", [override])
 
@@ -231,6 +242,7 @@ def test_recipe_keys_and_types_are_checked(override, message):
     ("training.warmup_epochs=-1", "warmup_epochs must be >= 0"),
 ])
 def test_recipe_ranges_are_checked_before_training(override, message):
+    """Guarantee: recipes and --set are checked before anything runs: bad ranges."""
     recipe = load_recipe("vit-micro", [override])
     with pytest.raises(ValueError, match=message):
         build_config(recipe)
@@ -238,6 +250,7 @@ def test_recipe_ranges_are_checked_before_training(override, message):
 
 
 def test_values_parse_as_users_mean_them():
+    """Guarantee: values are read as YAML 1.2 (`no` stays a string, `1e-3` is a float, `1:2:6` a string)."""
     recipe = load_recipe("vit-micro", ["training.save_strategy=no", "model.targets=6", "training.lr_max=1e-3",
                                        "training.bf16=false"])
     assert recipe["training"]["save_strategy"] == "no" and recipe["training"]["lr_max"] == 1e-3
@@ -268,6 +281,8 @@ def test_non_square_images_pretrain(images, tmp_path):
 
 
 def test_a_non_finite_gradient_stops_on_a_step_without_loss_logging(images, tmp_path):
+    """Guarantee: a non-finite gradient norm stops the run at that step, before the optimizer step, also on a step that
+    computes no loss value; no save writes non-finite weights."""
     trainer, _ = build_trainer(settings(images, tmp_path, max_steps=6, overrides=TINY + ["training.logging_steps=100"]),
                                save_strategy="no", disable_tqdm=True)
     calls = {"n": 0}
@@ -288,6 +303,8 @@ def test_a_non_finite_gradient_stops_on_a_step_without_loss_logging(images, tmp_
 
 
 def test_a_failed_checkpoint_write_is_a_clear_error_and_keeps_the_last_one(images, tmp_path, monkeypatch):
+    """Guarantee: checkpoints are complete or absent — a full disk is a clear error and the last complete checkpoint
+    stays."""
     trainer, _ = build_trainer(settings(images, tmp_path, max_steps=4, overrides=TINY[:-1] + ["training.save_steps=2"]),
                                disable_tqdm=True)
     save = torch.save
