@@ -156,3 +156,16 @@ def test_ijepa_official_skips_cleanly_without_the_official_code(tmp_path):
     log = json.loads((tmp_path / "run_cpu_log.json").read_text())
     assert log["parts"]["ijepa_official"] == {"skipped": "no --ijepa-repo given"}
     assert "Skipped: " in (tmp_path / "SUMMARY.md").read_text()
+
+
+def test_compile_bench(results):
+    from bench import bench_compile
+
+    # the `eager` backend traces with dynamo but generates no code: the bench's paths in seconds
+    out = roundtrip(bench_compile.run(["vit-micro"], batch_size=2, repeats=1, backend="eager", config_overrides=TINY),
+                    results / "compile.json")
+    check_machine(out)
+    r = out["results"]["vit-micro"]
+    assert set(r["timings"]) == {"step_eager", "step_compiled", "encoder_eager", "encoder_compiled"}
+    assert set(r["ratios"]) == {"step_compiled_over_eager", "encoder_compiled_over_eager"}
+    assert r["compile_first_call_s"]["step"] > 0 and r["backend"] == "eager"
