@@ -76,14 +76,13 @@ def main(argv: list[str] | None = None) -> int:
                "pretrain_seconds": [round(runs[f"{name} seed {s}"]["seconds"], 1) for s in a.seeds]}
         for name in PRECISIONS}
     inference["difference_points"] = {k: inference["bf16"][k] - inference["fp32"][k] for k in probes}
-    inference["speedup"] = inference["fp32"]["seconds"] / inference["bf16"]["seconds"]
     result = {"benchmark": "precision", "machine": machine_info(), "threads": threads,
               "settings": {k: v for k, v in vars(a).items() if k != "out"}, "summary": summary,
               "probe_features_fp32_vs_bf16": {"encoder": first, **inference}, "runs": runs}
     print(write_json(result, a.out))
     for name, row in summary.items():
         print(name, {k: [round(v, 3) for v in vals] for k, vals in row.items()})
-    print("probes fp32 vs bf16 features:", inference["difference_points"], f"speed-up {inference['speedup']:.2f}×")
+    print("probes fp32 vs bf16 features:", inference["difference_points"])
     return 0
 
 
