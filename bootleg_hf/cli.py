@@ -343,13 +343,13 @@ def demo_main(argv: Sequence[str] | None = None) -> int:
 measure it with the paper's frozen probes against a random-init encoder of the same shape, publish both as Hub-ready
 folders (dry run), reload them through transformers and plot what happened.
 
-    bootleg-demo                                   # ~5 minutes on 2 CPU cores
-    bootleg-demo --steps 1500 --probe-epochs 8     # a longer budget
+    bootleg-demo                                   # ~5 minutes on 2 CPU cores (1200 bf16 steps)
+    bootleg-demo --steps 3000 --probe-epochs 8     # a longer budget
     bootleg-demo --dataset /path/to/images         # your own images (class folders)""")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--preset", default="vit-micro", help="recipe (and model preset) name")
     p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
-    p.add_argument("--steps", type=int, default=700, help="pretraining steps")
+    p.add_argument("--steps", type=int, default=DemoSettings.steps, help="pretraining steps")
     p.add_argument("--batch-size", type=int, default=128, help="pretraining global batch")
     _add_set(p)
     p.add_argument("--probes", type=_names, default=["patch", "cls", "xblk"])

@@ -42,7 +42,7 @@ class DemoSettings:
     out: str | Path = "demo_out"
     preset: str = "vit-micro"
     dataset: str = "fashion-mnist"
-    steps: int = 700
+    steps: int = 1200
     batch_size: int = 128
     overrides: Sequence[str] = ()
     probes: Sequence[str] = ("patch", "cls", "xblk")
