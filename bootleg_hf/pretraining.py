@@ -27,7 +27,7 @@ from .configuration_bootleg import BootlegConfig
 from .data import PretrainTransform, load_image_dataset
 from .modeling_bootleg_pretraining import BootlegForPretraining
 from .recipes import apply_overrides, build_config, build_training_args, load_recipe, validate_recipe
-from .trainer import BootlegTrainer
+from .trainer import BootlegTrainer, close_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -218,11 +218,10 @@ def run_pretraining(settings: PretrainSettings, **training_overrides: Any) -> Bo
 
 
 def end_process_group() -> None:
-    """Wait for the process writing the final folders, then close the process group: a rank that exits with the gloo
-    group still open aborts ("terminate called without an active exception") and fails the whole torchrun job."""
+    """Wait for the process writing the final folders, then close the process group (`trainer.close_process_group`)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        close_process_group()
 
 
 __all__ = ["PretrainSettings", "OutputDirError", "initial_model", "holds_run", "last_complete_checkpoint",

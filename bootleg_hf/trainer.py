@@ -12,6 +12,7 @@ schedule they were trained with, which a resume continues unless told to switch 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import logging
@@ -178,6 +179,14 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         return {k: v for k, v in super().state_dict().items() if k != "lr_at"}
 
 
+def close_process_group() -> None:
+    """Destroy the process group if one is open (registered to run at exit under torchrun): a rank whose interpreter
+    exits with the gloo group still open can abort ("terminate called without an active exception") when the other
+    ranks have already gone, failing the whole job after a successful run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 class BootlegEMACallback(TrainerCallback):
     """The EMA teacher update after every optimizer step, for a stock `transformers.Trainer` training
     `BootlegForPretraining` (`BootlegTrainer` has it built in): `Trainer(model, args, data_collator=
@@ -252,6 +261,8 @@ class BootlegTrainer(Trainer):
         # saved into every checkpoint and the run's folder, so `pipeline(..., model=run_dir)` finds a processor
         kwargs.setdefault("processing_class", default_image_processor(model.config, "BootlegModel"))
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, **kwargs)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            atexit.register(close_process_group)
         self.add_callback(_BootlegCallback(self))
         self._real_losses: list[torch.Tensor] = []
         self._last_stats: dict[str, float] = {}
