@@ -220,8 +220,8 @@ def run_pretraining(settings: PretrainSettings, **training_overrides: Any) -> Bo
 def end_process_group() -> None:
     """Wait for the process writing the final folders, then close the process group (`trainer.close_process_group`)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        close_process_group()
+        torch.distributed.barrier()  # no time limit: writing the final folders may take long
+        close_process_group(wait=False)
 
 
 __all__ = ["PretrainSettings", "OutputDirError", "initial_model", "holds_run", "last_complete_checkpoint",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import datetime
 import json
 import logging
 import math
@@ -179,12 +180,23 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         return {k: v for k, v in super().state_dict().items() if k != "lr_at"}
 
 
-def close_process_group() -> None:
-    """Destroy the process group if one is open (registered to run at exit under torchrun): a rank whose interpreter
-    exits with the gloo group still open can abort ("terminate called without an active exception") when the other
-    ranks have already gone, failing the whole job after a successful run."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+def close_process_group(wait: bool = True) -> None:
+    """Close the process group if one is open, after the other ranks got here too (`wait`; gloo: a monitored barrier
+    that gives up after 2 minutes, so a rank that died cannot hang the others). Registered to run at exit by
+    `BootlegTrainer` under torchrun: a gloo rank whose interpreter exits with the group open, or closes it while
+    another rank still holds its end, can abort ("terminate called without an active exception") and fail the whole
+    job after a successful run."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if wait:
+        try:
+            if torch.distributed.get_backend() == "gloo":
+                torch.distributed.monitored_barrier(timeout=datetime.timedelta(minutes=2))
+            else:
+                torch.distributed.barrier()
+        except RuntimeError:  # a rank is gone or failing: close this end anyway
+            pass
+    torch.distributed.destroy_process_group()
 
 
 class BootlegEMACallback(TrainerCallback):
@@ -261,8 +273,11 @@ class BootlegTrainer(Trainer):
         # saved into every checkpoint and the run's folder, so `pipeline(..., model=run_dir)` finds a processor
         kwargs.setdefault("processing_class", default_image_processor(model.config, "BootlegModel"))
         super().__init__(model=model, args=args, train_dataset=train_dataset, data_collator=data_collator, **kwargs)
+        # whether train() returned: the ranks are then in step, and exiting may wait for the others (see below)
+        self._exit_state = {"trained": False}
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            atexit.register(close_process_group)
+            # the hook holds this small dict, not the trainer (which would keep the model alive until exit)
+            atexit.register(lambda state=self._exit_state: close_process_group(wait=state["trained"]))
         self.add_callback(_BootlegCallback(self))
         self._real_losses: list[torch.Tensor] = []
         self._last_stats: dict[str, float] = {}
@@ -488,7 +503,9 @@ class BootlegTrainer(Trainer):
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
         saved = Path(resume_from_checkpoint) / SCHEDULE_FILE if resume_from_checkpoint else None
         self._checkpoint_schedule = Schedule(**json.loads(saved.read_text())) if saved and saved.is_file() else None
+        self._exit_state["trained"] = False
         output = super().train(resume_from_checkpoint, *args, **kwargs)
+        self._exit_state["trained"] = True
         if self._loss_count:
             mean = self._loss_total / self._loss_count
             output = output._replace(training_loss=mean, metrics={**output.metrics, "train_loss": mean})
