@@ -39,11 +39,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+import types
 from types import SimpleNamespace
 from typing import Any, Protocol
 
@@ -109,17 +111,19 @@ def load_official(repo: str | None) -> tuple[SimpleNamespace | None, str | None]
     loaded = sys.modules.get("src")
     if loaded is not None and root / "src" not in [Path(p).resolve() for p in getattr(loaded, "__path__", [])]:
         return None, f"another top-level package 'src' is already imported ({loaded!r}); run in a fresh process"
-    sys.path.insert(0, str(root))
+    # `src` registered as a namespace package rooted in the copy (the official modules import each other as
+    # `src.…`), so nothing is added to the import path
+    package = types.ModuleType("src")
+    package.__path__ = [str(root / "src")]
+    sys.modules.setdefault("src", package)
     try:
         with quiet_official_logging():
-            from src import helper  # imports the models, schedulers and tensor utilities too
-            from src.masks import multiblock
-            from src.masks import utils as mask_utils
-            from src.utils import tensors
+            helper = importlib.import_module("src.helper")  # imports the models, schedulers and tensor utilities
+            multiblock = importlib.import_module("src.masks.multiblock")
+            mask_utils = importlib.import_module("src.masks.utils")
+            tensors = importlib.import_module("src.utils.tensors")
     except Exception as err:  # a broken or different copy: say so instead of failing the benchmark set
         return None, f"importing the official code from {root} failed: {err!r}"
-    finally:
-        sys.path.remove(str(root))
     digest = hashlib.sha256(b"".join((root / f).read_bytes() for f in OFFICIAL_FILES)).hexdigest()
     return SimpleNamespace(root=root, sha256=digest, helper=helper, multiblock=multiblock, utils=mask_utils,
                            tensors=tensors), None

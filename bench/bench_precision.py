@@ -20,7 +20,7 @@ from bench.common import machine_info, set_threads, write_json
 from bootleg_hf.evaluation.classification import ProbeSettings, run_probes
 from bootleg_hf.pretraining import PretrainSettings, run_pretraining
 
-PRECISIONS = {"fp32": False, "bf16": True}
+BF16 = {"fp32": False, "bf16": True}  # the two runs per seed: name → BootlegTrainingArguments.bf16
 
 
 def pretrain(run_dir: Path, steps: int, batch: int, seed: int, bf16: bool) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.seeds:
-            for name, bf16 in PRECISIONS.items():
+            for name, bf16 in BF16.items():
                 key = f"{name} seed {seed}"
                 print(f"== pretraining {key}", flush=True)
                 run_dir = Path(tmp) / key.replace(" ", "-")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         name: {"final_loss": [runs[f"{name} seed {s}"]["final_loss_mean_last_5"] for s in a.seeds],
                **{k: [runs[f"{name} seed {s}"]["probes_fp32_features"][k] for s in a.seeds] for k in probes},
                "pretrain_seconds": [round(runs[f"{name} seed {s}"]["seconds"], 1) for s in a.seeds]}
-        for name in PRECISIONS}
+        for name in BF16}
     inference["difference_points"] = {k: inference["bf16"][k] - inference["fp32"][k] for k in probes}
     result = {"benchmark": "precision", "machine": machine_info(), "threads": threads,
               "settings": {k: v for k, v in vars(a).items() if k != "out"}, "summary": summary,

@@ -4,8 +4,6 @@ and match the probes' evaluation view, pipelines run without spurious warnings, 
 
 import json
 import logging
-import os
-import site
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import needs_fmnist, tiny_config
+from remote_code import outputs_without_package
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import (
     AutoBackbone,
     AutoImageProcessor,
@@ -75,44 +74,6 @@ def model_output(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
-def run_without_package(code: str, tmp_path: Path, env: dict | None = None, *args: str) -> subprocess.CompletedProcess:
-    """Run `code` in a Python that cannot import bootleg_hf: `-S` takes site-packages from PYTHONPATH without the
-    editable install's .pth file, and the working directory is not the repository."""
-    env = {**(env or os.environ), "PYTHONPATH": os.pathsep.join(site.getsitepackages()), "OMP_NUM_THREADS": "1",
-           "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    run = subprocess.run([sys.executable, "-S", "-c", code, *args], env=env, cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run
-
-
-CHILD = """
-import json, sys
-import torch, transformers
-from safetensors.torch import load_file, save_file
-try:
-    import bootleg_hf
-    raise SystemExit("bootleg_hf must not be importable here")
-except ImportError:
-    pass
-jobs = json.loads(sys.argv[1])
-x = load_file(sys.argv[2])["pixels"]
-out = {}
-with torch.no_grad():
-    for name, (auto, source) in jobs.items():
-        model = getattr(transformers, auto).from_pretrained(source, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-        if auto == "AutoModelForPreTraining":
-            result = model.teacher(x).last_hidden_state
-        else:
-            result = model(x)
-            result = (torch.cat([f.flatten() for f in result.feature_maps]) if hasattr(result, "feature_maps")
-                      else result.logits if hasattr(result, "logits") else result.last_hidden_state)
-        out[name] = result.contiguous()
-save_file(out, sys.argv[3])
-"""
-
-
 def test_save_pretrained_and_push_to_hub_load_without_the_package(fake_hub, tmp_path):
     """`save_pretrained` of every class writes its code and an `auto_map`; `push_to_hub` uploads them; both load with
     `trust_remote_code=True` in a process without bootleg-hf and give the same outputs."""
@@ -136,10 +97,7 @@ def test_save_pretrained_and_push_to_hub_load_without_the_package(fake_hub, tmp_
     hub_model.push_to_hub("user/pushed-classifier")
     jobs["pushed"] = ("AutoModelForImageClassification", "user/pushed-classifier")
     want["pushed"] = model_output(hub_model, pixels)
-    save_file({"pixels": pixels}, tmp_path / "in.safetensors")
-    run_without_package(CHILD, tmp_path, hub_env(fake_hub.url, tmp_path / "child_home"), json.dumps(jobs),
-                        str(tmp_path / "in.safetensors"), str(tmp_path / "out.safetensors"))
-    got = load_file(tmp_path / "out.safetensors")
+    got = outputs_without_package(jobs, pixels, tmp_path, hub_env(fake_hub.url, tmp_path / "child_home"))
     assert set(got) == set(want)
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=0, msg=name)

@@ -3,19 +3,15 @@ with cards carrying the measured numbers and the training facts, dry run by defa
 --upload-only, never over a user's folder."""
 
 import json
-import os
 import shutil
-import site
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import needs_fmnist
+from remote_code import outputs_without_package
 from huggingface_hub import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification, AutoModelForSemanticSegmentation
 
 from bootleg_hf import BootlegModel
@@ -133,31 +129,6 @@ def test_resume_continues_an_interrupted_run(tmp_path, capsys):
     check_release_folder(out)  # three steps, the losses of all three in the card
 
 
-CHILD = """
-import sys
-try:
-    import bootleg_hf
-except ImportError:
-    pass
-else:
-    raise SystemExit(f"bootleg_hf is importable in the child: {bootleg_hf.__file__}")
-from safetensors.torch import load_file, save_file
-from transformers import AutoModel, AutoModelForImageClassification, AutoModelForSemanticSegmentation
-import torch
-
-x = load_file(sys.argv[1])["pixels"]
-out = {}
-with torch.no_grad():
-    for name, auto in ((sys.argv[3], AutoModel), (sys.argv[4], AutoModelForImageClassification),
-                       (sys.argv[5], AutoModelForSemanticSegmentation)):
-        model = auto.from_pretrained(name, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-        result = model(x)
-        out[name] = (result.last_hidden_state if auto is AutoModel else result.logits).contiguous()
-save_file(out, sys.argv[2])
-"""
-
-
 def test_push_publishes_three_repos_that_load_without_the_package(fake_hub, tmp_path):
     out = tmp_path / "release"
     assert release_main(*SMALL, "--repo-id", "user/bootleg-micro", "--out", out, "--push") == 0
@@ -170,16 +141,13 @@ def test_push_publishes_three_repos_that_load_without_the_package(fake_hub, tmp_
         assert json.loads(files["config.json"])["auto_map"] == AUTO_MAP
         assert files["README.md"] == (out / repo["folder"] / "README.md").read_bytes()
 
-    # trust_remote_code in a process without bootleg_hf on sys.path: the encoder (and the task models) load from the
+    # trust_remote_code in a process that cannot import bootleg_hf: the encoder (and the task models) load from the
     # Hub repos and compute what the exported folders compute here
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    save_file({"pixels": pixels}, tmp_path / "in.safetensors")
-    env = {**hub_env(fake_hub.url, tmp_path / "child_home"), "PYTHONPATH": os.pathsep.join(site.getsitepackages()),
-           "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-S", "-c", CHILD, tmp_path / "in.safetensors", tmp_path / "out.safetensors",
-                          *REPOS.values()], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = load_file(tmp_path / "out.safetensors")
+    jobs = {REPOS["encoder"]: ("AutoModel", REPOS["encoder"]),
+            REPOS["classifier"]: ("AutoModelForImageClassification", REPOS["classifier"]),
+            REPOS["segmenter"]: ("AutoModelForSemanticSegmentation", REPOS["segmenter"])}
+    got = outputs_without_package(jobs, pixels, tmp_path, hub_env(fake_hub.url, tmp_path / "child_home"))
     with torch.no_grad():
         want = {REPOS["encoder"]: BootlegModel.from_pretrained(out / "models" / "encoder").eval()(pixels)
                 .last_hidden_state,
