@@ -75,6 +75,10 @@ class BootlegTrainingArguments(TrainingArguments):
                                            "EMA schedule or length: 'saved' continues the checkpoint's schedule, "
                                            "'new' switches to the requested one from the resumed step"})
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the paper's 0.95)"})
+    # The paper states no clipping and the MAE / I-JEPA training code it builds on does not clip; TrainingArguments'
+    # default (1.0) would clip silently. The gradient norm is still computed and checked for finiteness every step.
+    max_grad_norm: float = field(default=0.0, metadata={
+        "help": "clip the global gradient norm to this value; 0 (default, as the paper's lineage): no clipping"})
     bf16: bool | None = field(default=None, metadata={
         "help": "bf16 mixed precision (autocast: weights, optimizer state, targets and loss stay float32); None "
                 "(default): on where bf16 matmuls are native (CUDA bf16, CPUs with AMX or AVX-512 BF16)"})
@@ -421,7 +425,8 @@ class BootlegTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # Never write non-finite weights: neither a checkpoint (which would replace the last good one) nor a model.
-        norms = torch.stack(torch._foreach_norm([p.detach() for p in self.unwrapped_model.parameters()]))
+        # The max-abs norm: NaN and inf show through it, and unlike the L2 norm it cannot overflow for finite weights.
+        norms = torch.stack(torch._foreach_norm([p.detach() for p in self.unwrapped_model.parameters()], ord=math.inf))
         if not torch.isfinite(norms).all():
             raise NonFiniteLossError(f"non-finite weights at step {self.state.global_step}; nothing was written to "
                                      f"{output_dir or self.args.output_dir} (the last good checkpoint is kept)")

@@ -227,6 +227,16 @@ def test_paper_recipes_batch_epochs_warmup_ema_and_lrs(name):
     assert (args.adam_beta1, args.adam_beta2) == (0.9, 0.95)
 
 
+@pytest.mark.parametrize("name", [*sorted(RECIPE_LRS), "vit-micro"])
+def test_recipes_state_gradient_clipping_and_none_is_applied(name, monkeypatch):
+    """Constant: every shipped recipe says `max_grad_norm` explicitly, and it is 0 (no clipping, as the MAE and I-JEPA
+    training code the paper builds on); `BootlegTrainingArguments` defaults to 0 too, unlike `TrainingArguments` (1.0)."""
+    recipe = load_recipe(name)
+    assert recipe["training"]["max_grad_norm"] == 0.0
+    assert build_training_args(recipe, "unused", num_images=IMAGENET_TRAIN_IMAGES, use_cpu=True).max_grad_norm == 0.0
+    assert BootlegTrainingArguments(output_dir="unused", use_cpu=True).max_grad_norm == 0.0
+
+
 def test_lr_scaling_example_of_the_readme():
     """Constant: "with scale_lr_by_batch=True all three are multiplied by global batch / 2048, so lr_max=3e-3 becomes
     4.7e-5 at batch 32" (README)."""
