@@ -17,7 +17,10 @@ import torch
 
 from .precision import PRECISIONS
 
-DATASET_HELP = "'fashion-mnist' (embedded), an image folder (<class>/*.png) or a Hub dataset name"
+DATASET_HELP = ("'fashion-mnist' (embedded), an image folder (<class>/*.png), inat21:<folder> (an iNat21-style "
+                "<folder>/{train,train_mini,val}/<class>/*.jpg; split test = val) or a Hub dataset name")
+SEGMENTATION_DATASET_HELP = ("mosaic, a save_to_disk folder or a Hub dataset with image and mask columns, "
+                             "ade20k:<ADEChallengeData2016 folder or Hub name> or cityscapes:<folder>")
 MODEL_HELP = "encoder folder, pretraining checkpoint, task-model folder, Hub id, or random:<preset>[:seed]"
 
 
@@ -138,6 +141,7 @@ lr × wd grid of heads trained at once on one frozen encoder pass per batch; the
 
     bootleg-probe --model runs/micro --dataset fashion-mnist --out results/micro
     bootleg-probe --model random:vit-micro --epochs 10 --out results/random-micro   # the random-init baseline
+    bootleg-probe --model runs/s/encoder --dataset inat21:/data/inat21 --out results/s-inat21
 
 Writes probe_results.json (format bootleg-results/1: best point and grid per probe, which bootleg-publish reads) /
 .md, the best head of each type (heads/<type>.safetensors, which bootleg-export --probe-head attaches) and
@@ -184,17 +188,21 @@ def segment_main(argv: Sequence[str] | None = None) -> int:
     bootleg-segment --model random:vit-micro --out results/random-micro      # the Fashion-MNIST mosaics
     bootleg-segment --model runs/micro/encoder --dataset my_seg_dataset --num-labels 150 --ignore-index 0,255 \\
         --image-size 224
+    bootleg-segment --model runs/s/encoder --dataset ade20k:/data/ADEChallengeData2016 --image-size 224
 
 --dataset mosaic (default) is the embedded 2×2 Fashion-MNIST mosaic task (56×56, labels 0 = background, 1..10);
-otherwise a folder written by Dataset.save_to_disk or a Hub dataset with image and mask columns. Images are resized
-to R×R with the model's image processor (R = --image-size, default the encoder's) and masks to R×R (nearest);
-features are computed once. Writes segment_results.json (format bootleg-results/1, which bootleg-publish reads) /
-.md, the best Lin and Blk heads (heads/<kind>.safetensors, which bootleg-export --segmentation-head attaches) and
-segmenter/, a BootlegForSemanticSegmentation folder for the best of them that pipeline("image-segmentation")
-loads.""")
+otherwise a folder written by Dataset.save_to_disk or a Hub dataset with image and mask columns, or one of the
+paper's data sets in its official layout, which supplies its classes and ignore label 255:
+ade20k:<ADEChallengeData2016 folder or Hub name with image + annotation columns> (150 classes, 0 = other ignored)
+or cityscapes:<folder with leftImg8bit/ and gtFine/> (the 19 train ids); --test-split test means their validation
+split. Images are resized to R×R with the model's image processor (R = --image-size, default the encoder's) and
+masks to R×R (nearest); features are computed once. Writes segment_results.json (format bootleg-results/1, which
+bootleg-publish reads) / .md, the best Lin and Blk heads (heads/<kind>.safetensors, which bootleg-export
+--segmentation-head attaches) and segmenter/, a BootlegForSemanticSegmentation folder for the best of them that
+pipeline("image-segmentation") loads.""")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--weights", choices=("teacher", "student"), default="teacher")
-    p.add_argument("--dataset", default="mosaic", help="mosaic, a save_to_disk folder or a Hub dataset")
+    p.add_argument("--dataset", default="mosaic", help=SEGMENTATION_DATASET_HELP)
     p.add_argument("--test-split", default="test")
     p.add_argument("--image-column", default="image")
     p.add_argument("--mask-column", default="mask")
@@ -209,8 +217,10 @@ loads.""")
     p.add_argument("--ks", type=_ints, default=list(KNN_KS))
     p.add_argument("--metrics", type=_names, default=list(KNN_METRICS))
     p.add_argument("--ignore-index", type=_ints, default=[255], help="comma list of label values not scored")
-    p.add_argument("--num-labels", type=int, default=None, help="default: max label in train + 1")
-    p.add_argument("--labels", type=_names, default=None, help="comma list of class names (default: the values)")
+    p.add_argument("--num-labels", type=int, default=None,
+                   help="default: the paper data set's (ade20k 150, cityscapes 19), else max label in train + 1")
+    p.add_argument("--labels", type=_names, default=None,
+                   help="comma list of class names (default: the paper data set's, else the values)")
     _add_run_options(p)
     a = p.parse_args(argv)
     _set_threads(a.threads)

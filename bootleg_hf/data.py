@@ -316,6 +316,17 @@ def decode_image(value: Any) -> Image.Image:
         raise CorruptImageError(getattr(img, "filename", "") or "<image>", str(exc)) from exc
 
 
+def decode_mask(value: Any) -> Image.Image:
+    """A segmentation label map (PIL image, path or ``{"bytes", "path"}`` dict) as a single-channel image (mode L, P,
+    I or I;16) whose pixel values are the labels."""
+    if isinstance(value, dict):
+        value = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
+    img = value if isinstance(value, Image.Image) else Image.open(value)
+    if img.mode not in ("L", "P", "I", "I;16"):
+        raise ValueError(f"segmentation masks must be single-channel label images, got mode {img.mode}")
+    return img
+
+
 # --------------------------------------------------------------------------------------------------
 # Generic image datasets
 # --------------------------------------------------------------------------------------------------
@@ -369,8 +380,10 @@ def load_image_dataset(
     """Load any image dataset with an ``image`` column (and ``label`` when a class column exists).
 
     ``name_or_path``: ``"fashion-mnist"`` (embedded, offline), an existing local directory
-    (``imagefolder``: ``dir/<class>/*.png`` or ``dir/<split>/<class>/*.png``), a ``datasets``
-    object, or a Hub dataset name (``datasets.load_dataset``; ``load_kwargs`` are passed on).
+    (``imagefolder``: ``dir/<class>/*.png`` or ``dir/<split>/<class>/*.png``), ``"inat21:<dir>"`` (an
+    iNat21-style folder, ``dir/{train,train_mini,val}/<class>/*.jpg``, ``split`` ``test`` meaning ``val``; see
+    :func:`bootleg_hf.evaluation.datasets_paper.load_inat21`), a ``datasets`` object, or a Hub dataset name
+    (``datasets.load_dataset``; ``load_kwargs`` are passed on).
     The image/label columns are detected as the first ``Image`` / ``ClassLabel`` feature unless
     given, and renamed. For folders and Hub data the image column is cast to
     ``Image(decode=False)`` so decoding, and the reporting of corrupt files, happens in the
@@ -383,6 +396,12 @@ def load_image_dataset(
     name = os.fspath(name_or_path)
     if name.lower() in ("fashion-mnist", "fashion_mnist"):
         return load_fashion_mnist(split)
+    # imported here: the paper's data sets build on this module
+    from .evaluation.datasets_paper import load_paper_classification
+
+    paper = load_paper_classification(name, split)
+    if paper is not None:
+        return paper
     if os.path.isdir(name):
         check_image_folder(name)
         ds = datasets.load_dataset("imagefolder", data_dir=name, split=split, **load_kwargs)
@@ -685,6 +704,6 @@ class ProbeTrainTransform(_BatchImageTransform):
 __all__ = [
     "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "MOSAIC_LABELS", "MOSAIC_THRESHOLD",
     "IMAGENET_MEAN", "IMAGENET_STD", "CorruptImageError", "read_idx", "load_fashion_mnist",
-    "make_mosaic_segmentation", "to_rgb", "decode_image", "load_image_dataset", "write_image_folder",
+    "make_mosaic_segmentation", "to_rgb", "decode_image", "decode_mask", "load_image_dataset", "write_image_folder",
     "IndexedDataset", "PretrainTransform", "EvalTransform", "ProbeTrainTransform",
 ]

@@ -13,12 +13,11 @@ non-ignored pixels.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,12 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
 from ..checkpoints import check_output, load_encoder, save_model_folder
-from ..data import MOSAIC_LABELS, decode_image, make_mosaic_segmentation
+from ..data import MOSAIC_LABELS, decode_image, decode_mask, make_mosaic_segmentation
 from ..precision import use_bf16
 from ..image_processing_bootleg import make_segmentation_image_processor
 from ..modeling_bootleg import BootlegModel
@@ -41,6 +39,7 @@ from ..optim import adamw, param_groups
 from ..publishing import results_document
 from ..reports import write_report
 from .common import check_names, default_device, frozen_tokens, report_heading, select_subset
+from .datasets_paper import PaperSegmentation, paper_segmentation
 
 KNN_KS = (1, 3, 10, 30)
 KNN_METRICS = ("cosine", "l2")
@@ -303,8 +302,9 @@ class SegmentationSettings:
     """What `run_segmentation` does: which probes; subset sizes (the mosaic task is generated with that many images,
     default 1000 / 250); input size R (default: the encoder's; others interpolate the position embedding); Lin/Blk
     training (epochs, batch, learning rates — default `HEAD_LRS` —, weight decay); kNN k's and metrics; labels
-    (`ignore_index` values are not scored; class names, else the mosaic's, else `"0"` … up to `num_labels`, default the
-    largest non-ignored train label + 1); dataset columns and test split; encoder weights; seed; device; the frozen
+    (`ignore_index` values are not scored, the paper data sets' 255 always; class names, else the paper data set's
+    when `num_labels` is not given either, else the mosaic's, else `"0"` … up to `num_labels`, default the largest
+    non-ignored train label + 1); dataset columns and test split; encoder weights; seed; device; the frozen
     encoder's precision for the training split (`auto`: bf16 autocast where bf16 matmuls are native; heads train in
     float32; the test split is always encoded in float32, as a saved segmenter runs)."""
 
@@ -335,11 +335,16 @@ class SegmentationSettings:
         self.ignore_index = [int(i) for i in self.ignore_index]
 
 
-def load_segmentation_split(dataset: str | datasets.DatasetDict, split: str, limit: int | None, seed: int,
-                            image_column: str, mask_column: str) -> datasets.Dataset:
+def load_segmentation_split(dataset: str | datasets.DatasetDict | PaperSegmentation, split: str, limit: int | None,
+                            seed: int, image_column: str, mask_column: str) -> datasets.Dataset:
     """The mosaic task (`limit` images, default 1000), or a split of a dataset with image and mask columns (a
-    `DatasetDict`, a `save_to_disk` folder or a Hub name)."""
-    if isinstance(dataset, datasets.DatasetDict):
+    `DatasetDict`, a `save_to_disk` folder or a Hub name), or of a paper data set (`"ade20k:<folder or Hub name>"`,
+    `"cityscapes:<folder>"` or a `PaperSegmentation`: `split` is mapped to the data set's own, the masks are
+    relabelled when read; see `bootleg_hf.evaluation.datasets_paper`)."""
+    paper = paper_segmentation(dataset)
+    if paper is not None:
+        ds = paper.load(split)
+    elif isinstance(dataset, datasets.DatasetDict):
         ds = dataset[split]
     elif dataset == "mosaic":
         return make_mosaic_segmentation(split, limit or 1000, seed)
@@ -352,16 +357,6 @@ def load_segmentation_split(dataset: str | datasets.DatasetDict, split: str, lim
         if column not in ds.column_names:
             raise ValueError(f"{dataset}: no column '{column}' (columns: {ds.column_names})")
     return select_subset(ds.select_columns([image_column, mask_column]), limit, seed)
-
-
-def decode_mask(value: Any) -> Image.Image:
-    """A label map (PIL image, path or `{"bytes", "path"}` dict) as a single-channel image; values are labels."""
-    if isinstance(value, dict):
-        value = io.BytesIO(value["bytes"]) if value.get("bytes") is not None else value["path"]
-    img = value if isinstance(value, Image.Image) else Image.open(value)
-    if img.mode not in ("L", "P", "I", "I;16"):
-        raise ValueError(f"segmentation masks must be single-channel label images, got mode {img.mode}")
-    return img
 
 
 def prepare(ds: datasets.Dataset, config, size: int, image_column: str,
@@ -403,11 +398,14 @@ def train_heads(kind: str, config, train_tokens: torch.Tensor, train_labels: tor
     return results, heads[best_lr]
 
 
-def run_segmentation(model: str | os.PathLike | BootlegModel, dataset: str | datasets.DatasetDict = "mosaic",
+def run_segmentation(model: str | os.PathLike | BootlegModel,
+                     dataset: str | datasets.DatasetDict | PaperSegmentation = "mosaic",
                      settings: SegmentationSettings | None = None, out: str | Path | None = None,
                      overwrite: bool = False) -> dict[str, Any]:
     """Score the segmentation probes on a frozen encoder (`model`: anything `load_encoder` takes) and return the
     results: every kNN setting and each trained head with mIoU / pixel accuracy (in %), plus the best of each family.
+    `dataset`: anything `load_segmentation_split` takes; a paper data set (ADE20K, Cityscapes) supplies its classes
+    and ignore label (see `SegmentationSettings`).
 
     With `out`, also writes `segment_results.json` (the `bootleg-results/1` document of these results, see
     `bootleg_hf.publishing.read_results`) / `.md`, the best head of each trained kind (`heads/<kind>.safetensors`, with
@@ -416,8 +414,11 @@ def run_segmentation(model: str | os.PathLike | BootlegModel, dataset: str | dat
     segmentation processor that `pipeline("image-segmentation", model=...)` loads. A non-empty `out` is refused
     (before any work) unless `overwrite`."""
     s = settings or SegmentationSettings()
+    paper = paper_segmentation(dataset)
     if out is not None:
-        check_output(out, overwrite, inputs=[model, dataset])
+        check_output(out, overwrite, inputs=[model, paper.source if paper is not None else dataset])
+    if paper is not None and paper.ignore_index not in s.ignore_index:  # its unlabelled pixels are never scored
+        s = replace(s, ignore_index=[*s.ignore_index, paper.ignore_index])
     start = time.perf_counter()
     device = torch.device(s.device) if s.device is not None else default_device()
     encoder = load_encoder(model, s.weights).requires_grad_(False).to(device)
@@ -431,7 +432,9 @@ def run_segmentation(model: str | os.PathLike | BootlegModel, dataset: str | dat
     train_pixels, train_labels = prepare(train, config, size, *columns)
     test_pixels, test_labels = prepare(test, config, size, *columns)
     label_names = s.label_names
-    if label_names is None and isinstance(dataset, str) and dataset == "mosaic":
+    if label_names is None and s.num_labels is None and paper is not None:
+        label_names = paper.label_names
+    elif label_names is None and isinstance(dataset, str) and dataset == "mosaic":
         label_names = MOSAIC_LABELS
     elif label_names is None:
         valid = train_labels[~torch.isin(train_labels, torch.tensor(s.ignore_index))]
@@ -446,8 +449,9 @@ def run_segmentation(model: str | os.PathLike | BootlegModel, dataset: str | dat
     results: dict[str, Any] = {
         "model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         "weights": s.weights,
-        "dataset": dataset if isinstance(dataset, str) else "custom", "split": s.test_split, "num_train": len(train),
-        "num_test": len(test), "image_size": size, "num_labels": len(label_names), "labels": label_names,
+        "dataset": str(paper) if paper is not None else dataset if isinstance(dataset, str) else "custom",
+        "split": s.test_split, "num_train": len(train), "num_test": len(test), "image_size": size,
+        "num_labels": len(label_names), "labels": label_names,
         "ignore_index": s.ignore_index, "probes": {},
     }
     if "knn" in s.probes:
