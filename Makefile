@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install data test demo bench clean
+.PHONY: install data test demo bench mutation clean
 
 install: $(STAMP)
 
@@ -35,5 +35,11 @@ demo: install data
 bench: install data
 	$(PY) -m bench.run_cpu
 
+# Mutation check of the core modules (about an hour on 2 cores; not part of `make test`): score and survivors in
+# bench/results/mutation.json, what they mean in docs/mutation.md
+mutation: install data
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints-cpu.txt -e ".[dev,mutation]"
+	HF_HUB_OFFLINE=1 $(PY) -m bench.mutation
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache mutants

@@ -454,8 +454,7 @@ def ijepa_predictor_to_bootleg(state_dict: Mapping[str, torch.Tensor], config: B
         prefix = next((p for p in _IJEPA_PREDICTOR_RENAMES if key.startswith(p)), None)
         out[_IJEPA_PREDICTOR_RENAMES[prefix] + key[len(prefix):] if prefix else key] = value
     # our predictor stores an (empty) register parameter that I-JEPA has no counterpart for
-    dtype = next(iter(state_dict.values())).dtype
-    out["reg_token"] = torch.zeros(1, 0, config.predictor_hidden_size, dtype=dtype)
+    out["reg_token"] = torch.zeros(1, 0, config.predictor_hidden_size)
     notes.append("predictor.reg_token: no I-JEPA counterpart; empty (predictor_num_register_tokens=0)")
     return out, notes
 

@@ -310,7 +310,7 @@ class MaskGenerator:
         n = self.num_patches
         k = int(n * (1 - self.mask_ratio))
         visible = np.zeros((b, n), dtype=bool)
-        np.put_along_axis(visible, np.argsort(rng.random((b, n)), axis=1)[:, :k], True, axis=1)
+        np.put_along_axis(visible, np.argsort(rng.random((b, n)))[:, :k], True, axis=1)
         return self._rows(visible, k), self._rows(~visible, n - k)[:, None, :], ~visible
 
 

@@ -1,3 +1,5 @@
+import json
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network (the fake-Hub tests patch this)
@@ -12,6 +14,23 @@ import bootleg_hf
 from bootleg_hf.data import FASHION_MNIST_DIR
 
 torch.set_num_threads(2)
+
+# Under `make mutation` the package is mutmut's copy in mutants/, whose modules import mutmut (installed wherever it
+# runs): remote code built from that copy may import it too.
+UNDER_MUTMUT = Path(bootleg_hf.__file__).parents[1].name == "mutants"
+if UNDER_MUTMUT:
+    from bootleg_hf import publishing
+
+    publishing.REMOTE_CODE_PACKAGES.add("mutmut")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Under `make mutation`, fastest tests first (mutmut's recorded durations): a mutant is killed by its first
+    failing test, so the slow ones only run for mutants the fast ones miss."""
+    stats = Path("mutmut-stats.json")
+    if UNDER_MUTMUT and stats.is_file():
+        durations = json.loads(stats.read_text())["duration_by_test"]
+        items.sort(key=lambda item: durations.get(item.nodeid, math.inf))
 
 
 def tiny_config(**overrides) -> bootleg_hf.BootlegConfig:

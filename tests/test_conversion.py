@@ -17,7 +17,7 @@ from conftest import tiny_config
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import (AutoImageProcessor, AutoModel, AutoModelForImageClassification,
-                          AutoModelForSemanticSegmentation, IJepaConfig, IJepaModel)
+                          AutoModelForSemanticSegmentation, IJepaConfig, IJepaForImageClassification, IJepaModel)
 from transformers.image_utils import PILImageResampling
 
 import bootleg_hf
@@ -25,7 +25,7 @@ from bootleg_hf import BootlegForImageClassification, BootlegForPretraining, Boo
 from bootleg_hf.conversion import KeyMismatchError, config_from_ijepa, ijepa_to_bootleg, load_ijepa_checkpoint
 from bootleg_hf.checkpoints import export_pretrained, save_model_folder
 from bootleg_hf.cli import convert_ijepa_main, convert_timm_main, export_main
-from bootleg_hf.conversion import bootleg_to_timm, timm_to_bootleg, timm_vit_to_bootleg
+from bootleg_hf.conversion import bootleg_to_timm, ijepa_predictor_to_bootleg, timm_to_bootleg, timm_vit_to_bootleg
 from bootleg_hf.modeling_bootleg_heads import build_segmentation_head
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -467,6 +467,10 @@ TIMM_VARIANTS = {  # name → create_model kwargs on vit_small_patch16_224 (lear
     "cls+reg-no_embed_class": dict(reg_tokens=4, no_embed_class=True, num_classes=0),
     "avg+reg": dict(class_token=False, reg_tokens=2, global_pool="avg", fc_norm=False, num_classes=0),
     "quick_gelu": dict(act_layer="quick_gelu", num_classes=0),
+    # every config field read from the module differs from BootlegConfig's default (a field lost on the way would
+    # silently take the default: BootlegConfig, like every PretrainedConfig, accepts unknown keyword arguments)
+    "shape-options": dict(mlp_ratio=2.0, qkv_bias=False, in_chans=2, num_classes=0,
+                          norm_layer=partial(torch.nn.LayerNorm, eps=1e-5)),
 }
 
 
@@ -486,7 +490,7 @@ def timm_block_outputs(ref: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Ten
 
 
 def assert_same_timm_outputs(ours: BootlegModel, ref: torch.nn.Module, size: tuple[int, int] = (32, 32)) -> float:
-    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, ref.patch_embed.proj.in_channels, *size, generator=torch.Generator().manual_seed(0))
     final, blocks = timm_block_outputs(ref, x)
     with torch.no_grad():
         got = ours(x, output_hidden_states=True, interpolate_pos_encoding=size != (32, 32))
@@ -507,6 +511,9 @@ def test_timm_standard_vits_match_timm(variant):
     assert c.position_embedding_type == "learned"
     assert c.position_embedding_includes_prefix == (not kwargs.get("no_embed_class") and c.num_prefix_tokens > 0)
     assert c.hidden_act == ("quick_gelu" if variant == "quick_gelu" else "gelu")
+    assert (c.intermediate_size, c.qkv_bias, c.num_channels, c.layer_norm_eps) == (
+        ref.blocks[0].mlp.fc1.out_features, ref.blocks[0].attn.qkv.bias is not None, ref.patch_embed.proj.in_channels,
+        ref.norm.eps)
     assert_same_timm_outputs(model, ref)
     # and back: timm's state dict without the head, the learned table included
     expected = {k: v for k, v in ref.state_dict().items() if not k.startswith("head.")}
@@ -636,3 +643,104 @@ def test_position_embedding_config_fields(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x).last_hidden_state, model(x).last_hidden_state)
+
+
+# ------------------------------------------------------------------------------------------- guards of the mappings
+def test_sincos_tables_are_checked_at_the_documented_tolerance_and_named():
+    """A stored sin-cos table is regenerated, so a table that differs from ours by more than 1e-4 is refused (naming
+    the tensor), while float32 rounding-level differences pass: for timm's `pos_embed` and I-JEPA's predictor table."""
+    config = tiny_config(use_cls_token=False, num_register_tokens=0, position_embedding_type="sincos")
+    state = dict(BootlegModel(config).state_dict())
+    table = bootleg_hf.sincos_position_embedding(config.hidden_size, *config.grid_size)[None]
+    for offset, ok in [(2e-5, True), (1e-3, False)]:
+        timm_state = {**bootleg_to_timm(state, config), "pos_embed": table + offset}
+        if ok:
+            timm_to_bootleg(timm_state, config)
+        else:
+            with pytest.raises(ValueError, match=r"the timm pos_embed is not Bootleg's fixed 2-D sin-cos table"):
+                timm_to_bootleg(timm_state, config)
+    pretraining = tiny_config(use_cls_token=False, num_register_tokens=0, targets="final", predictor_hidden_size=16,
+                              predictor_num_register_tokens=0)
+    predictor = ijepa_predictor_state(3)
+    predictor["predictor_pos_embed"] = predictor["predictor_pos_embed"] + 1e-3
+    with pytest.raises(ValueError, match="the I-JEPA predictor_pos_embed is not Bootleg's fixed 2-D sin-cos table"):
+        ijepa_predictor_to_bootleg(predictor, pretraining)
+
+
+@pytest.mark.parametrize("field", ["predictor_num_register_tokens", "use_cls_token", "targets"])
+def test_ijepa_predictor_refuses_each_config_it_cannot_map_into(field):
+    """Each of the three conditions alone refuses the mapping (I-JEPA's predictor has no CLS, no registers and
+    predicts the final layer only)."""
+    base = dict(use_cls_token=False, num_register_tokens=0, targets="final", predictor_hidden_size=16,
+                predictor_num_register_tokens=0)
+    change = {"predictor_num_register_tokens": 1, "use_cls_token": True, "targets": "1:1:2"}[field]
+    with pytest.raises(ValueError, match="an I-JEPA predictor only maps into"):
+        ijepa_predictor_to_bootleg(ijepa_predictor_state(3), tiny_config(**{**base, field: change}))
+    ijepa_predictor_to_bootleg(ijepa_predictor_state(3), tiny_config(**base))  # the base maps
+
+
+def test_ijepa_predictor_keys_that_map_nowhere_are_kept_for_the_key_check():
+    """An unknown key keeps its name (so the strict key check names it) instead of breaking the mapping."""
+    config = tiny_config(use_cls_token=False, num_register_tokens=0, targets="final", predictor_hidden_size=16,
+                         predictor_num_register_tokens=0)
+    state = {"extra.weight": torch.zeros(2), **ijepa_predictor_state(3)}
+    out, notes = ijepa_predictor_to_bootleg(state, config)
+    assert torch.equal(out["extra.weight"], torch.zeros(2)) and "mask_token" in out and out["reg_token"].numel() == 0
+
+
+def test_hf_ijepa_classification_model_converts_in_any_key_order(tmp_path):
+    """`IJepaForImageClassification` weights (keys prefixed `ijepa.`, a classifier head) convert to the encoder of
+    its `ijepa` submodule: the head is dropped with a note, wherever it sits in the state dict."""
+    torch.manual_seed(0)
+    ref = IJepaForImageClassification(IJepaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                  intermediate_size=64, image_size=32, patch_size=8, num_labels=3))
+    randomize(ref, 5)
+    state = ref.state_dict()
+    head_first = {k: state[k] for k in sorted(state, key=lambda k: not k.startswith("classifier."))}
+    assert next(iter(head_first)).startswith("classifier.")
+    save_file({k: v.contiguous() for k, v in head_first.items()}, tmp_path / "model.safetensors")
+    model, notes = ijepa_to_bootleg(tmp_path / "model.safetensors", num_heads=2, layer_norm_eps=1e-12)
+    assert any(n.startswith("classifier: dropped") for n in notes)
+    assert_same_ijepa_outputs(model, ref.ijepa.eval())
+
+
+def test_key_check_names_the_checkpoint_and_every_shape_mismatch():
+    """A tensor of the wrong shape is reported with both shapes, under the name of what was checked."""
+    from bootleg_hf.conversion import check_keys
+
+    expected = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
+    check_keys({"a": torch.ones(2, 3), "b": torch.ones(4)}, expected, "x")
+    with pytest.raises(KeyMismatchError, match=r"^timm ViT: 0 missing and 0 unexpected keys\n  shape:      a: \(3, 2\) "
+                                               r"vs \(2, 3\)$"):
+        check_keys({"a": torch.zeros(3, 2), "b": torch.zeros(4)}, expected, "timm ViT")
+
+
+def test_sincos_table_error_is_infinite_for_tables_of_another_layout():
+    """Only `[1, N, D]` / `[N, D]` tables of our width and grid are compared; other shapes (and widths that are no
+    multiple of 4, which have no 2-D sin-cos table) are infinitely far, so they are refused, not reshaped."""
+    from bootleg_hf.conversion import sincos_table_error
+
+    table = bootleg_hf.sincos_position_embedding(32, 4, 4)
+    assert sincos_table_error(table, 32, (4, 4)) == 0 and sincos_table_error(table[None], 32, (4, 4)) == 0
+    assert sincos_table_error(table[None, None], 32, (4, 4)) == float("inf")
+    assert sincos_table_error(table.flatten(), 32, (4, 4)) == float("inf")
+    assert sincos_table_error(torch.zeros(16, 30), 30, (4, 4)) == float("inf")
+
+
+def test_bootleg_to_timm_writes_the_sincos_table_in_the_weights_dtype():
+    config = tiny_config(use_cls_token=False, num_register_tokens=0, position_embedding_type="sincos")
+    state = {k: v.to(torch.float64) for k, v in BootlegModel(config).state_dict().items()}
+    assert bootleg_to_timm(state, config)["pos_embed"].dtype == torch.float64
+
+
+def test_ijepa_config_takes_every_field_from_the_tensors_and_states_ijepas_ema():
+    """Channels and qkv bias come from the tensors (no silent default), an explicit image size wins over the grid's,
+    and with a predictor the EMA schedule is I-JEPA's (0.996 → 1.0)."""
+    meta = partial(torch.empty, device="meta")
+    encoder = {"patch_embed.proj.weight": meta(96, 1, 8, 8), "pos_embed": meta(1, 16, 96),
+               "blocks.0.mlp.fc1.weight": meta(192, 96), "blocks.0.norm1.weight": meta(96)}
+    config = config_from_ijepa(encoder, ijepa_predictor_state(3), num_heads=2, image_size=64)
+    assert (config.num_channels, config.qkv_bias, config.intermediate_size) == (1, False, 192)
+    assert config.image_size == 64 and (config.ema_start, config.ema_end) == (0.996, 1.0)
+    encoder["blocks.0.attn.qkv.bias"] = meta(288)
+    assert config_from_ijepa(encoder, num_heads=2).qkv_bias is True

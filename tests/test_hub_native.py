@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -353,3 +354,13 @@ def test_pipeline_on_a_saved_classifier_reproduces_the_probe_accuracy(tmp_path):
         predicted = [top[0]["label"] for top in classify(images, top_k=1, batch_size=64)]
         accuracy = 100 * np.mean([p == t for p, t in zip(predicted, truth)])
         assert abs(accuracy - reported) <= tolerance + 1e-9, (processor, accuracy, reported)
+
+
+def test_ema_callback_momentum_is_the_configs_linear_schedule_over_the_run():
+    """The stock-Trainer callback uses, for the update after optimizer step k (1-based), the momentum
+    ema_start + (ema_end − ema_start)·(k − 1)/max_steps — the same value BootlegTrainer's built-in update uses."""
+    model = BootlegForPretraining(tiny_config(ema_start=0.9, ema_end=1.0))
+    callback = bootleg_hf.BootlegEMACallback()
+    for step, expected in [(1, 0.9), (6, 0.95), (10, 0.99)]:
+        got = callback.momentum(model, SimpleNamespace(global_step=step, max_steps=10))
+        assert got == pytest.approx(expected, abs=1e-12), step

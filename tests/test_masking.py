@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -283,3 +284,56 @@ def test_collator_dataloader_workers(with_index: bool) -> None:
     col.set_epoch(1)
     epoch1 = _collect(DataLoader(data, batch_size=4, num_workers=2, collate_fn=col))
     assert not any(torch.equal(a["target_indices"], b["target_indices"]) for a, b in zip(runs[0], epoch1))
+
+
+def _target_boxes(batch) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of every target rectangle of a `MaskBatch`, from its raster indices."""
+    gw = int(batch.target_mask.shape[1] ** 0.5)
+    boxes = []
+    for rect in batch.target_indices.reshape(-1, batch.target_indices.shape[-1]).tolist():
+        rows, cols = {i // gw for i in rect}, {i % gw for i in rect}
+        boxes.append((min(rows), min(cols), len(rows), len(cols)))
+    return boxes
+
+
+@pytest.mark.parametrize("grid,kwargs", [
+    (14, {}),  # I-JEPA's defaults: scale 0.15–0.2, aspect 0.75–1.5
+    (4, dict(target_scale=(0.1, 0.15), min_context=2)),  # sides that round to 0 become 1
+    (6, dict(target_scale=(0.7, 0.9), min_context=2)),  # sides clamped to grid − 1
+])
+def test_legacy_target_size_is_one_draw_for_scale_and_aspect(grid, kwargs):
+    """I-JEPA's legacy size rule, written out: one r ~ U(0, 1) per batch gives scale s0 + r(s1 − s0) and aspect
+    a0 + r(a1 − a0); n = int(N·s); h = round(√(n·a)), w = round(√(n/a)), each clamped to [1, grid − 1]. Every
+    sampled target has one of these sizes, the sizes of both ends of r occur, and placements vary per image and per
+    target."""
+    gen = MaskGenerator(grid, "ijepa", **kwargs)
+    (s0, s1), (a0, a1) = gen.target_scale, gen.target_aspect
+    allowed = []
+    for r in np.linspace(0, 1, 4001):
+        n = int(grid * grid * (s0 + r * (s1 - s0)))
+        a = a0 + r * (a1 - a0)
+        side = [round(math.sqrt(n * a)), round(math.sqrt(n / a))]
+        allowed.append(tuple(max(1, min(x, grid - 1)) for x in side))
+    seen, corners = set(), set()
+    for index in range(300):
+        boxes = _target_boxes(gen.generate(8, batch_index=index))
+        sizes = {(h, w) for _, _, h, w in boxes}
+        assert len(sizes) == 1 and sizes <= set(allowed), sizes  # one size per batch, from the rule
+        seen |= sizes
+        corners |= {(t, l) for t, l, h, w in boxes}
+        assert all(t + h <= grid - 1 and l + w <= grid - 1 for t, l, h, w in boxes)  # last row / column free
+    assert {allowed[0], allowed[-1]} <= seen
+    if grid == 14:  # room to move: every row and column offset the exclusive bound allows occurs
+        assert {t for t, _ in corners} == set(range(grid - min(h for h, _ in seen)))
+        assert {l for _, l in corners} == set(range(grid - min(w for _, w in seen)))
+
+
+def test_legacy_sampler_drops_target_constraints_until_a_context_fits():
+    """When no background beside the targets holds more than `min_context` tokens, I-JEPA's sampler drops the
+    constraints one at a time (after 20 failures each) down to none: the context then overlaps the targets."""
+    gen = MaskGenerator(6, "ijepa", num_targets=3, target_scale=(0.6, 0.6), target_aspect=(1.0, 1.0),
+                        context_scale=(1.0, 1.0))
+    batch = gen.generate(4)
+    # 5×5 targets and a 5×5 background on a 6×6 grid, all at (0, 0) under the exclusive bound: context = target
+    for context, targets in zip(batch.context_indices.tolist(), batch.target_indices.tolist()):
+        assert sorted(context) == sorted(targets[0]) == sorted(targets[2]) and len(context) == 25

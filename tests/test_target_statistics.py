@@ -105,3 +105,18 @@ def test_target_std_follows_the_formula_in_the_forward_and_in_the_trainer_logs(t
     trainer.train()
     logged = next(h for h in trainer.state.log_history if "loss" in h)
     assert [logged[f"target_std/{n}"] for n in names] == pytest.approx(seen["want"], rel=1e-4)
+
+
+def test_pixel_targets_are_maes_normalised_patches():
+    """MAE's `norm_pix_loss` targets, written out: per patch, (x − mean) / sqrt(unbiased variance + 1e-6); a
+    constant patch becomes zeros (not NaN)."""
+    from bootleg_hf.targets import normalized_pixels
+
+    patches = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    patches[1, 2] = 0.25  # constant
+    n = patches.shape[-1]
+    mean = patches.sum(-1, keepdim=True) / n
+    var = ((patches - mean) ** 2).sum(-1, keepdim=True) / (n - 1)
+    torch.testing.assert_close(normalized_pixels(patches), (patches - mean) / torch.sqrt(var + 1e-6), atol=1e-6,
+                               rtol=1e-6)
+    assert torch.equal(normalized_pixels(patches)[1, 2], torch.zeros(n))
