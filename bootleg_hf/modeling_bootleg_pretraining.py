@@ -127,18 +127,19 @@ class BootlegForPretraining(BootlegPreTrainedModel):
     def teacher(self) -> BootlegModel:
         return self.bootleg
 
-    @torch.no_grad()
     def init_teacher_from_student(self) -> None:
         """Teacher ← exact copy of the student (a no-op on the meta device, where the checkpoint fills both)."""
-        for t, s in zip(self.teacher.parameters(), self.student.parameters()):
-            t.copy_(s)
+        # `with`, not the decorator, here and below: `make mutation` (mutmut) skips decorated functions
+        with torch.no_grad():
+            for t, s in zip(self.teacher.parameters(), self.student.parameters()):
+                t.copy_(s)
 
-    @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """θ_teacher ← m·θ_teacher + (1 − m)·θ_student, with fused foreach ops (one kernel per dtype group)."""
-        teacher = [p for p in self.teacher.parameters()]
-        student = [p.detach() for p in self.student.parameters()]
-        torch._foreach_lerp_(teacher, student, 1.0 - momentum)
+        with torch.no_grad():
+            teacher = [p for p in self.teacher.parameters()]
+            student = [p.detach() for p in self.student.parameters()]
+            torch._foreach_lerp_(teacher, student, 1.0 - momentum)
         self._student_at_update = self.student_fingerprint()
 
     def student_fingerprint(self) -> torch.Tensor | None:
@@ -182,7 +183,6 @@ class BootlegForPretraining(BootlegPreTrainedModel):
         model.init_teacher_from_student()
         return model
 
-    @torch.no_grad()
     def compute_targets(self, pixel_values: torch.Tensor, target_indices: torch.Tensor) -> tuple[torch.Tensor,
                                                                                                    torch.Tensor]:
         """Teacher targets `[B, R, T, D_t]` (fp32) from one teacher pass, plus per-term std `[|L|]`.
@@ -190,30 +190,32 @@ class BootlegForPretraining(BootlegPreTrainedModel):
         Each requested representation is gathered at the target cells, z-scored per token over channels, and merged
         (`concat`, or data2vec-style `average`). Same as `build_targets(teacher_features(x), x, target_indices)`.
         """
-        return self.build_targets(self.teacher_features(pixel_values), pixel_values, target_indices)
+        with torch.no_grad():
+            return self.build_targets(self.teacher_features(pixel_values), pixel_values, target_indices)
 
-    @torch.no_grad()
     def teacher_features(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """The teacher's representations for `target_spec.feature_terms`, all tokens (one pass, fast path)."""
         terms = self.target_spec.feature_terms
-        return self.teacher.forward_representations(pixel_values, terms) if terms else []
+        with torch.no_grad():
+            return self.teacher.forward_representations(pixel_values, terms) if terms else []
 
-    @torch.no_grad()
     def build_targets(self, features: list[torch.Tensor], pixel_values: torch.Tensor,
                       target_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Targets from `teacher_features` output: gather at the target cells, z-score, merge (+ per-term std)."""
-        b, r, t = target_indices.shape
-        flat = target_indices.reshape(b, r * t)
-        prefix = self.config.num_prefix_tokens
-        features = iter(features)
-        per_term = []
-        for term in self.target_spec.terms:
-            if term.kind == "pixels":
-                per_term.append(normalized_pixels(gather_tokens(patchify(pixel_values, self.config.patch_size), flat)))
-            else:  # offset the indices past CLS/registers rather than slicing (keeps the gather on contiguous rows)
-                per_term.append(zscore(gather_tokens(next(features), flat + prefix)))
-        target_std = torch.stack([channel_std(x) for x in per_term])
-        return merge_targets(per_term, self.target_spec.merge).reshape(b, r, t, -1), target_std
+        with torch.no_grad():
+            b, r, t = target_indices.shape
+            flat = target_indices.reshape(b, r * t)
+            prefix = self.config.num_prefix_tokens
+            features = iter(features)
+            per_term = []
+            for term in self.target_spec.terms:
+                if term.kind == "pixels":
+                    patches = patchify(pixel_values, self.config.patch_size)
+                    per_term.append(normalized_pixels(gather_tokens(patches, flat)))
+                else:  # offset the indices past CLS/registers rather than slicing (a gather on contiguous rows)
+                    per_term.append(zscore(gather_tokens(next(features), flat + prefix)))
+            target_std = torch.stack([channel_std(x) for x in per_term])
+            return merge_targets(per_term, self.target_spec.merge).reshape(b, r, t, -1), target_std
 
     def forward(
         self,

@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 from huggingface_hub import HfApi
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint, rotate_checkpoints
 
 from .data import IndexedDataset
 from .image_processing_bootleg import default_image_processor
@@ -502,6 +503,17 @@ class BootlegTrainer(Trainer):
                           private=self.args.hub_private_repo if private is None else private,
                           commit_message=commit_message)
 
+    @staticmethod
+    def _steps_done(checkpoint: str | os.PathLike) -> int:
+        return TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME)).global_step
+
+    def _requested_steps(self) -> int:
+        """The run's length in optimizer steps, as `Trainer.train` computes it (max_steps, else epochs × steps)."""
+        if self.args.max_steps > 0:
+            return self.args.max_steps
+        per_epoch = max(1, len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps)
+        return math.ceil(self.args.num_train_epochs * per_epoch)
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         self._clock, self._loss_total, self._loss_count = None, 0.0, 0
         if resume_from_checkpoint is True:
@@ -509,6 +521,14 @@ class BootlegTrainer(Trainer):
         saved = Path(resume_from_checkpoint) / SCHEDULE_FILE if resume_from_checkpoint else None
         self._checkpoint_schedule = Schedule(**json.loads(saved.read_text())) if saved and saved.is_file() else None
         self._exit_state["trained"] = False
+        if resume_from_checkpoint and self._steps_done(resume_from_checkpoint) >= self._requested_steps():
+            # transformers' loop would still run one step past the end; the checkpoint already is the end of the run
+            self._load_from_checkpoint(resume_from_checkpoint)
+            self.state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
+            logger.warning(f"{resume_from_checkpoint} already holds all {self.state.global_step} steps of the run: "
+                           "nothing left to train")
+            self._exit_state["trained"] = True
+            return TrainOutput(self.state.global_step, float("nan"), {})
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         self._exit_state["trained"] = True
         if self._loss_count:

@@ -188,11 +188,11 @@ class SyntheticImages(torch.utils.data.Dataset):
         return {"pixel_values": self.images[i]}
 
 
-def make_trainer(tmp_path, max_steps, model=None, ema_start=0.99, ema_end=0.999, **overrides):
+def make_trainer(tmp_path, max_steps=None, model=None, ema_start=0.99, ema_end=0.999, **overrides):
     config = tiny_config(image_size=48, ema_start=ema_start, ema_end=ema_end)  # the EMA schedule is the config's
     torch.manual_seed(0)
     model = model or BootlegForPretraining(config)
-    args = dict(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=8, lr_max=3e-3,
+    args = dict(output_dir=str(tmp_path), max_steps=max_steps or -1, per_device_train_batch_size=8, lr_max=3e-3,
                 lr_init=1e-4, lr_final=1e-4, warmup_steps=3, scale_lr_by_batch=False, logging_steps=5,
                 save_strategy="no", report_to="none", seed=0, use_cpu=True, disable_tqdm=True,
                 dataloader_drop_last=True)
@@ -272,6 +272,21 @@ def test_exact_resume_is_bitwise(tmp_path):
     for k in opt_a:
         assert all(torch.equal(opt_a[k][s], opt_b[k][s]) for s in ("exp_avg", "exp_avg_sq"))
     assert straight.lr_scheduler.get_last_lr() == resumed.lr_scheduler.get_last_lr()
+
+
+@pytest.mark.parametrize("length", [{"max_steps": 4}, {"max_steps": -1, "num_train_epochs": 0.5}])
+def test_resuming_a_finished_run_trains_no_further_step(tmp_path, length):
+    """`--resume` on a run whose last checkpoint holds all its steps changes nothing: no step past the end (stock
+    transformers runs one more), the model is the checkpoint's, with max_steps or epochs (64 images, batch 8: 0.5
+    epoch = 4 steps)."""
+    first = make_trainer(tmp_path, save_strategy="steps", save_steps=2, **length)
+    first.train()
+    again = make_trainer(tmp_path, save_strategy="steps", save_steps=2, **length)
+    again.train(resume_from_checkpoint=True)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert again.state.global_step == 4
+    for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
