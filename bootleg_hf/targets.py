@@ -129,7 +129,7 @@ def normalized_pixels(patches: torch.Tensor) -> torch.Tensor:
     """MAE's per-patch pixel normalisation (unbiased variance, eps 1e-6)."""
     patches = patches.float()
     mean = patches.mean(-1, keepdim=True)
-    var = patches.var(-1, keepdim=True, unbiased=True)
+    var = patches.var(-1, keepdim=True)  # unbiased (torch's default), as MAE
     return (patches - mean) / (var + PIXEL_EPS).sqrt()
 
 

@@ -321,6 +321,8 @@ def test_legacy_target_size_is_one_draw_for_scale_and_aspect(grid, kwargs):
         assert len(sizes) == 1 and sizes <= set(allowed), sizes  # one size per batch, from the rule
         seen |= sizes
         corners |= {(t, l) for t, l, h, w in boxes}
+        if grid == 14:  # each image and each target is placed on its own
+            assert len({t for t, _, _, _ in boxes}) > 1 and len({l for _, l, _, _ in boxes}) > 1
         assert all(t + h <= grid - 1 and l + w <= grid - 1 for t, l, h, w in boxes)  # last row / column free
     assert {allowed[0], allowed[-1]} <= seen
     if grid == 14:  # room to move: every row and column offset the exclusive bound allows occurs

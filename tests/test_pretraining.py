@@ -289,6 +289,20 @@ def test_resuming_a_finished_run_trains_no_further_step(tmp_path, length):
         assert torch.equal(a, b), name
 
 
+def test_a_half_written_checkpoint_left_by_a_kill_is_cleared_before_the_next_save(tmp_path):
+    """What a killed save left in the staging folder never ends up in a checkpoint (the kill itself:
+    tests/test_reliability.py::test_kill_during_a_checkpoint_write_resumes_from_the_last_complete_one)."""
+    from bootleg_hf.trainer import STAGING_DIR
+
+    stale = tmp_path / STAGING_DIR / "checkpoint-2"
+    stale.mkdir(parents=True)
+    (stale / "optimizer.pt.partial").write_bytes(b"half")
+    make_trainer(tmp_path, 2, save_strategy="steps", save_steps=2).train()
+    assert not (tmp_path / STAGING_DIR).exists()
+    assert not (tmp_path / "checkpoint-2" / "optimizer.pt.partial").exists()
+    assert (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
+
+
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path, 10, save_strategy="steps", save_steps=2, logging_steps=1)
     calls = {"n": 0}

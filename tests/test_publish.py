@@ -383,6 +383,23 @@ def test_publish_to_a_branch(fake_hub, tmp_path):
     assert isinstance(AutoModel.from_pretrained("user/tiny", revision="v1"), BootlegModel)
 
 
+def test_publishing_again_adds_a_commit_with_the_given_token_and_message(fake_hub, tmp_path, monkeypatch):
+    """A second upload to an existing repo and branch adds a commit (the repo and branch are not re-created); the
+    commit title is the given message, else one naming the folder; an explicit token works without HF_TOKEN."""
+    hub = build_hub_folder(task_folder(tmp_path, "encoder"), tmp_path / "hub", "user/again")
+    token = os.environ["HF_TOKEN"]
+    monkeypatch.delenv("HF_TOKEN")
+    first = upload(hub, "user/again", token=token, revision="v1")
+    (hub / "CHANGES.md").write_text("second version\n")  # an identical folder would be no new commit
+    second = upload(hub, "user/again", token=token, revision="v1", commit_message="second version")
+    repo = fake_hub.repos["user/again"]
+    assert repo.commits[first.oid].title == "Upload Bootleg model (hub)"
+    assert repo.commits[second.oid].title == "second version" and repo.branches["v1"] == second.oid
+    assert repo.commits[second.oid].parent == first.oid
+    with pytest.raises(PublishError, match="token"):
+        upload(hub, "user/again")
+
+
 def test_converted_ijepa_checkpoint_publishes_and_loads(fake_hub, tmp_path, monkeypatch):
     """I-JEPA `.pth.tar` → convert_ijepa_to_bootleg → publish (converted, CC-BY-NC) → AutoModel from the Hub."""
     config = tiny_config(use_cls_token=False, num_register_tokens=0)
