@@ -30,7 +30,11 @@ from .configuration_bootleg import BootlegConfig
 from .conversion import KeyMismatchError, check_keys
 from .image_processing_bootleg import default_image_processor
 from .modeling_bootleg import BootlegModel
-from .modeling_bootleg_heads import BootlegForImageClassification, BootlegForSemanticSegmentation
+from .modeling_bootleg_heads import (
+    BootlegForImageClassification,
+    BootlegForSemanticSegmentation,
+    upgrade_segmentation_keys,
+)
 from .modeling_bootleg_pretraining import BootlegForPretraining
 
 ENCODER_PREFIXES = {"teacher": "bootleg.", "student": "student."}
@@ -56,14 +60,20 @@ def read_safetensors_folder(folder: str | os.PathLike, prefix: str = "") -> dict
     return out
 
 
+def random_init(config: BootlegConfig, seed: int = 0) -> BootlegModel:
+    """A freshly initialised `BootlegModel` of `config`'s architecture (a copy of it), seeded with `seed` (through
+    torch's global generator, as every model init)."""
+    torch.manual_seed(seed)
+    return BootlegModel(copy.deepcopy(config))
+
+
 def random_encoder(spec: str) -> BootlegModel:
     """`random:<preset>[:seed]` → a freshly initialised `BootlegModel` (seed 0 unless given): the baseline that every
     trained encoder is compared with."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or parts[0] != "random" or not parts[1]:
         raise ValueError(f"expected random:<preset>[:seed], got {spec!r}")
-    torch.manual_seed(int(parts[2]) if len(parts) == 3 else 0)
-    return BootlegModel(BootlegConfig.from_preset(parts[1]))
+    return random_init(BootlegConfig.from_preset(parts[1]), int(parts[2]) if len(parts) == 3 else 0)
 
 
 def load_encoder(source: str | os.PathLike | BootlegModel, weights: str = "teacher") -> BootlegModel:
@@ -198,6 +208,7 @@ def export_pretrained(checkpoint: str | os.PathLike, out: str | os.PathLike, stu
     The head's type (`probe_type` / `segmentation_type`) and class names (`labels`) default to what the head file's
     metadata records, else the config's type; a segmentation head also takes its input size and ignored label from
     there, so the exported model computes the logits the head was evaluated with (its processor resizes to that size).
+    Segmentation heads saved by earlier versions are read in today's layout (`upgrade_segmentation_keys`).
 
     `out` may not overlap any input; a non-empty `out` is replaced only with `overwrite=True` (`check_output`).
     """
@@ -217,8 +228,10 @@ def export_pretrained(checkpoint: str | os.PathLike, out: str | os.PathLike, stu
             encoder, id2label=id2label,
             probe_type=probe_type or metadata.get("probe_type") or encoder.config.probe_type)
     else:
-        updates = {"segmentation_head": segmentation_type or metadata.get("segmentation_head")
-                   or encoder.config.segmentation_head}
+        kind = segmentation_type or metadata.get("segmentation_head") or encoder.config.segmentation_head
+        kind, renames = upgrade_segmentation_keys(kind, head_state)  # head files of earlier versions
+        head_state = {renames.get(k, k): v for k, v in head_state.items()}
+        updates = {"segmentation_head": kind}
         if "image_size" in metadata:  # the size the head was trained and scored at
             updates["image_size"] = int(metadata["image_size"])
         if json.loads(metadata.get("ignore_index", "[]")):

@@ -134,14 +134,21 @@ folder that holds a run is refused unless --resume or --overwrite is given; two 
 
 def probe_main(argv: Sequence[str] | None = None) -> int:
     from .configuration_bootleg import PROBE_TYPES
-    from .evaluation.classification import PROBE_GRID, ProbeSettings, probe_markdown, run_probes
+    from .evaluation.classification import PROBE_GRID, PROBE_PROTOCOLS, ProbeSettings, probe_markdown, run_probes
 
     p = _parser("""Frozen-encoder classification probes with the paper's protocol: for every probe type a 5 × 5
-lr × wd grid of heads trained at once on one frozen encoder pass per batch; the best grid point is reported.
+lr × wd grid of heads trained at once on one frozen encoder pass per batch; the best grid point is reported. Also
+the standard quick metrics (weighted kNN top-1, k = 20, and a converged L-BFGS linear classifier on cached features)
+of the encoder and of two reference lines: raw pixels and a random-init encoder of the same architecture.
 
     bootleg-probe --model runs/micro --dataset fashion-mnist --out results/micro
+    bootleg-probe --model runs/micro --protocol paper --out results/micro-paper   # 20 epochs at batch 1024
     bootleg-probe --model random:vit-micro --epochs 10 --out results/random-micro   # the random-init baseline
     bootleg-probe --model runs/s/encoder --dataset inat21:/data/inat21 --out results/s-inat21
+
+Protocols: paper (the appendix: 20 epochs, batch 1024) and quick (CPU-sized: 10 epochs, batch 256; reports say
+"quick protocol"); --epochs / --batch-size override either, and the report names the change. LR rule: the grid's
+learning rates are for batch 1024; a run at batch B uses lr × B / 1024.
 
 Writes probe_results.json (format bootleg-results/1: best point and grid per probe, which bootleg-publish reads) /
 .md, the best head of each type (heads/<type>.safetensors, which bootleg-export --probe-head attaches) and
@@ -153,42 +160,53 @@ loads.""")
     p.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
     p.add_argument("--test-split", default="test")
     p.add_argument("--probes", type=_names, default=list(PROBE_TYPES), help="comma list of patch, cls, xattn, xblk")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--protocol", choices=tuple(PROBE_PROTOCOLS), default="quick",
+                   help="probe budget: " + "; ".join(f"{name}: {v['epochs']} epochs at batch {v['batch_size']}"
+                                                     for name, v in PROBE_PROTOCOLS.items()))
+    p.add_argument("--epochs", type=_positive, default=None, help="default: the protocol's")
     p.add_argument("--warmup-epochs", type=int, default=None, help="default: 5, or epochs // 2 below 10 epochs")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive, default=None,
+                   help="default: the protocol's; learning rates are scaled by batch / 1024")
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--limit-test", type=int, default=None)
     p.add_argument("--lrs", type=_floats, default=list(PROBE_GRID))
     p.add_argument("--wds", type=_floats, default=list(PROBE_GRID))
     p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--no-quick-metrics", dest="quick_metrics", action="store_false",
+                   help="skip the kNN / linear quick metrics and their reference lines (they hold the features of "
+                        "both splits in memory)")
     _add_run_options(p)
     a = p.parse_args(argv)
     _set_threads(a.threads)
-    settings = ProbeSettings(probes=a.probes, epochs=a.epochs, batch_size=a.batch_size, limit_train=a.limit_train,
-                             limit_test=a.limit_test, lrs=a.lrs, wds=a.wds, warmup_epochs=a.warmup_epochs,
-                             test_split=a.test_split, weights=a.weights, seed=a.seed, num_workers=a.num_workers,
-                             device=a.device, precision=a.precision)
+    settings = ProbeSettings(probes=a.probes, protocol=a.protocol, epochs=a.epochs, batch_size=a.batch_size,
+                             limit_train=a.limit_train, limit_test=a.limit_test, lrs=a.lrs, wds=a.wds,
+                             warmup_epochs=a.warmup_epochs, test_split=a.test_split, weights=a.weights, seed=a.seed,
+                             num_workers=a.num_workers, device=a.device, precision=a.precision,
+                             quick_metrics=a.quick_metrics)
     print(probe_markdown(run_probes(a.model, a.dataset, settings, out=a.out, overwrite=a.overwrite)))
     return 0
 
 
 def segment_main(argv: Sequence[str] | None = None) -> int:
     from .evaluation.segmentation import (
-        HEAD_LRS,
         KNN_KS,
         KNN_METRICS,
         SEGMENTATION_PROBES,
+        SEGMENTATION_PROTOCOLS,
         SegmentationSettings,
         run_segmentation,
         segment_markdown,
     )
 
-    p = _parser("""Frozen-encoder segmentation probes: kNN (CAPI-style), Lin and Blk (Segmenter, one block).
+    p = _parser("""Frozen-encoder segmentation probes: kNN (CAPI-style), Lin and Blk (Segmenter mask transformers
+with 0 and 1 block).
 
     bootleg-segment --model random:vit-micro --out results/random-micro      # the Fashion-MNIST mosaics
     bootleg-segment --model runs/micro/encoder --dataset my_seg_dataset --num-labels 150 --ignore-index 0,255 \\
         --image-size 224
     bootleg-segment --model runs/s/encoder --dataset ade20k:/data/ADEChallengeData2016 --image-size 224
+    bootleg-segment --model runs/s/encoder --dataset ade20k:/data/ADEChallengeData2016 --image-size 224 \\
+        --protocol paper --probes lin,blk --limit-train 30000 --limit-test 2000   # the appendix's, on a GPU
 
 --dataset mosaic (default) is the embedded 2×2 Fashion-MNIST mosaic task (56×56, labels 0 = background, 1..10);
 otherwise a folder written by Dataset.save_to_disk or a Hub dataset with image and mask columns, or one of the
@@ -196,7 +214,12 @@ paper's data sets in its official layout, which supplies its classes and ignore 
 ade20k:<ADEChallengeData2016 folder or Hub name with image + annotation columns> (150 classes, 0 = other ignored)
 or cityscapes:<folder with leftImg8bit/ and gtFine/> (the 19 train ids); --test-split test means their validation
 split. Images are resized to R×R with the model's image processor (R = --image-size, default the encoder's) and
-masks to R×R (nearest); features are computed once. Writes segment_results.json (format bootleg-results/1, which
+masks to R×R (nearest). Lin/Blk training: --protocol quick (default, CPU-sized: the features of these images,
+computed once, 40 epochs at batch 64, 3 learning rates per head) or paper (the appendix's: augmented training
+images — RandScale 0.5-2, crop/pad, flip, colour jitter, cutout — through the frozen encoder every step, 128 epochs
+at batch 64, 5 warm-up epochs, 6 learning rates per head, weight decay 1e-4 Lin / 0.05 Blk; GPU-sized); --epochs,
+--batch-size, --lrs, --weight-decay override the protocol's values, and the report names the protocol and the
+values used. Writes segment_results.json (format bootleg-results/1, which
 bootleg-publish reads) / .md, the best Lin and Blk heads (heads/<kind>.safetensors, which bootleg-export
 --segmentation-head attaches) and segmenter/, a BootlegForSemanticSegmentation folder for the best of them that
 pipeline("image-segmentation") loads.""")
@@ -207,13 +230,18 @@ pipeline("image-segmentation") loads.""")
     p.add_argument("--image-column", default="image")
     p.add_argument("--mask-column", default="mask")
     p.add_argument("--probes", type=_names, default=list(SEGMENTATION_PROBES), help="comma list of knn, lin, blk")
+    p.add_argument("--protocol", choices=list(SEGMENTATION_PROTOCOLS), default="quick",
+                   help="how Lin/Blk train (default: quick)")
     p.add_argument("--limit-train", type=int, default=1000)
     p.add_argument("--limit-test", type=int, default=250)
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lrs", type=_floats, default=None, help=f"Lin/Blk learning rates (default: {HEAD_LRS})")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=None, help="default: the protocol's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the protocol's")
+    p.add_argument("--lrs", type=_floats, default=None,
+                   help="Lin/Blk learning rates (default: the protocol's, per head: "
+                        + "; ".join(f"{name} {dict(p.lrs)}" for name, p in SEGMENTATION_PROTOCOLS.items()) + ")")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: the protocol's, per head")
+    p.add_argument("--num-workers", type=int, default=1, help="data-loader workers (--protocol paper)")
     p.add_argument("--ks", type=_ints, default=list(KNN_KS))
     p.add_argument("--metrics", type=_names, default=list(KNN_METRICS))
     p.add_argument("--ignore-index", type=_ints, default=[255], help="comma list of label values not scored")
@@ -225,11 +253,11 @@ pipeline("image-segmentation") loads.""")
     a = p.parse_args(argv)
     _set_threads(a.threads)
     settings = SegmentationSettings(
-        probes=a.probes, limit_train=a.limit_train, limit_test=a.limit_test, image_size=a.image_size,
-        epochs=a.epochs, batch_size=a.batch_size, lrs=a.lrs, weight_decay=a.weight_decay, ks=a.ks,
-        metrics=a.metrics, ignore_index=a.ignore_index, num_labels=a.num_labels, label_names=a.labels,
+        probes=a.probes, protocol=a.protocol, limit_train=a.limit_train, limit_test=a.limit_test,
+        image_size=a.image_size, epochs=a.epochs, batch_size=a.batch_size, lrs=a.lrs, weight_decay=a.weight_decay,
+        ks=a.ks, metrics=a.metrics, ignore_index=a.ignore_index, num_labels=a.num_labels, label_names=a.labels,
         test_split=a.test_split, image_column=a.image_column, mask_column=a.mask_column, weights=a.weights,
-        seed=a.seed, device=a.device, precision=a.precision)
+        seed=a.seed, device=a.device, num_workers=a.num_workers, precision=a.precision)
     print(segment_markdown(run_segmentation(a.model, a.dataset, settings, out=a.out, overwrite=a.overwrite)))
     return 0
 
@@ -500,7 +528,7 @@ before anything is written.""")
 
 def release_main(argv: Sequence[str] | None = None) -> int:
     from .configuration_bootleg import PROBE_TYPES
-    from .evaluation.classification import PROBE_GRID, ProbeSettings
+    from .evaluation.classification import PROBE_GRID, PROBE_PROTOCOLS, ProbeSettings
     from .evaluation.segmentation import KNN_KS, SEGMENTATION_PROBES, SegmentationSettings
     from .pretraining import OutputDirError, PretrainSettings
     from .publishing import PublishError, RemoteCodeError, ResultsError
@@ -544,8 +572,11 @@ mean the whole split.""")
     cls.add_argument("--probes", type=_names, default=list(PROBE_TYPES), help="comma list of patch, cls, xattn, xblk")
     cls.add_argument("--probe-dataset", help="default: --dataset")
     cls.add_argument("--probe-test-split", default="test", help="e.g. validation for ImageNet-1k")
-    cls.add_argument("--probe-epochs", type=_positive, default=10)
-    cls.add_argument("--probe-batch-size", type=_positive, default=256)
+    cls.add_argument("--probe-protocol", choices=tuple(PROBE_PROTOCOLS), default="quick",
+                     help="paper: 20 epochs at batch 1024; quick: 10 epochs at batch 256")
+    cls.add_argument("--probe-epochs", type=_positive, default=None, help="default: the protocol's")
+    cls.add_argument("--probe-batch-size", type=_positive, default=None,
+                     help="default: the protocol's; learning rates are scaled by batch / 1024")
     cls.add_argument("--probe-train", type=int, default=0, help="training images (0: all)")
     cls.add_argument("--probe-test", type=int, default=0, help="test images (0: all)")
     cls.add_argument("--probe-lrs", type=_floats, default=list(PROBE_GRID))
@@ -596,10 +627,11 @@ mean the whole split.""")
             pretrain=PretrainSettings(recipe=a.recipe, overrides=a.overrides, dataset=a.dataset, split=a.split,
                                       limit=a.limit, max_steps=a.max_steps, batch_size=a.batch_size,
                                       num_workers=a.num_workers, seed=a.seed),
-            probes=ProbeSettings(probes=a.probes, epochs=a.probe_epochs, batch_size=a.probe_batch_size,
-                                 limit_train=a.probe_train or None, limit_test=a.probe_test or None, lrs=a.probe_lrs,
-                                 wds=a.probe_wds, test_split=a.probe_test_split, seed=a.seed,
-                                 num_workers=a.num_workers, device=a.device),
+            probes=ProbeSettings(probes=a.probes, protocol=a.probe_protocol, epochs=a.probe_epochs,
+                                 batch_size=a.probe_batch_size, limit_train=a.probe_train or None,
+                                 limit_test=a.probe_test or None, lrs=a.probe_lrs, wds=a.probe_wds,
+                                 test_split=a.probe_test_split, seed=a.seed, num_workers=a.num_workers,
+                                 device=a.device),
             probe_dataset=a.probe_dataset, segmentation=segmentation, segmentation_dataset=a.seg_dataset,
             classifier_repo_id=a.classifier_repo_id, segmenter_repo_id=a.segmenter_repo_id, license=a.license,
             push=a.push, token=a.token, private=a.private, revision=a.revision))

@@ -29,7 +29,9 @@ PROBE_TYPES = ("patch", "cls", "xattn", "xblk")  # the paper's frozen-encoder pr
 # transformers' ViT classifiers, for converted classifiers and fine-tuning)
 HEAD_TYPES = (*PROBE_TYPES, "linear")
 POSITION_EMBEDDING_TYPES = ("sincos", "learned")
-SEGMENTATION_HEADS = ("lin", "blk")
+# segmentation heads: the paper's Lin and Blk (Segmenter mask transformers with 0 and 1 block), and `linear` (one
+# Linear per patch: what earlier versions called `lin`, for their saved models)
+SEGMENTATION_HEADS = ("lin", "blk", "linear")
 MASK_MODES = ("bootleg", "ijepa", "random")  # validated in full by `MaskGenerator` (bootleg_hf/masking.py)
 
 

@@ -632,7 +632,11 @@ class _BatchImageTransform:
                     others[k][i] = self._last_good[1].get(k, others[k][i])
             else:
                 raise CorruptImageError(err.path, f"{err.reason} (no readable example available to replace it)")
-        return {"pixel_values": [self.normalize(self.augment(img)) for img in decoded], **others}
+        return self.transform_batch(decoded, others)
+
+    def transform_batch(self, images: list[Image.Image], others: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Decoded RGB images (unreadable ones already replaced) and the other columns → the output batch."""
+        return {"pixel_values": [self.normalize(self.augment(img)) for img in images], **others}
 
 
 class PretrainTransform(_BatchImageTransform):
@@ -701,9 +705,78 @@ class ProbeTrainTransform(_BatchImageTransform):
         super().__init__(ops, **options)
 
 
+def _resize_labels(labels: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest-neighbour resize of a label map `[H, W]` (any integer dtype) to `size × size`, sampling at pixel
+    centres (PIL's NEAREST), so labels stay aligned with an antialiased resize of their image."""
+    rows, cols = ((torch.arange(size) + 0.5) * (n / size) for n in labels.shape)
+    return labels[rows.long().clamp(max=labels.shape[0] - 1)][:, cols.long().clamp(max=labels.shape[1] - 1)]
+
+
+def _uniform(low: float, high: float) -> float:
+    """A draw from U(low, high) by torch's RNG (which ``DataLoader`` seeds per worker)."""
+    return float(torch.empty(()).uniform_(low, high))
+
+
+class SegmentationTrainTransform(_BatchImageTransform):
+    """Segmentation-probe training augmentation, joint on each image and its label map (`mask_column`) →
+    ``pixel_values`` float32 [3, S, S] and ``labels`` int64 [S, S] (the mask column is consumed).
+
+    1. RandScale: image and label map resized to s·S × s·S, s uniform in ``scale`` (the evaluation's S×S resize,
+       scaled; image bicubic, labels nearest neighbour).
+    2. Horizontal flip of both with probability 0.5.
+    3. Crop: a uniformly placed S×S window of both where the scaled side exceeds S.
+    4. Colour jitter of the image only (brightness, contrast and saturation by ``jitter``), then normalisation.
+    5. Pad to S×S at the bottom and right where the scaled side is below S: image 0 (the mean colour, as mmseg pads
+       normalised images), labels ``ignore_index``.
+    6. Cutout: with probability ``cutout`` one rectangle of the image, each side uniform in ``cutout_size`` × S and
+       placed uniformly, is set to 0 (the mean colour); its labels are kept (mmseg's ``RandomCutOut`` default), so
+       the head learns to label what it has to infer from the context.
+
+    Random draws come from torch's RNG (seeded per ``DataLoader`` worker). Options as the other transforms
+    (``mean``, ``std``, ``on_error``, ``image_column``, ``max_skipped``); the backend is always ``tensor``.
+    """
+
+    def __init__(self, image_size: int, scale: tuple[float, float], jitter: float, cutout: float,
+                 cutout_size: tuple[float, float], ignore_index: int = 255, mask_column: str = "mask",
+                 **options: Any) -> None:
+        v2 = _transforms_v2()
+        super().__init__([v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter)],  # 0: no change
+                         **{**options, "backend": "tensor"})
+        self.image_size, self.scale, self.cutout, self.cutout_size = image_size, scale, cutout, cutout_size
+        self.ignore_index, self.mask_column = ignore_index, mask_column
+        self._resize = v2.functional.resize
+        self._bicubic = v2.InterpolationMode.BICUBIC
+
+    def augment_pair(self, img: Image.Image, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoded RGB image and its label map → (float32 [3, S, S] normalised, int64 [S, S])."""
+        size = self.image_size
+        side = max(1, round(_uniform(*self.scale) * size))
+        image = self._resize(_uint8_chw(img), [side, side], interpolation=self._bicubic, antialias=True)
+        labels = _resize_labels(torch.from_numpy(np.asarray(mask, dtype=np.int64)), side)
+        if torch.rand(()) < 0.5:
+            image, labels = image.flip(-1), labels.flip(-1)
+        if side > size:
+            top, left = (int(torch.randint(side - size + 1, ())) for _ in range(2))
+            image, labels = image[:, top:top + size, left:left + size], labels[top:top + size, left:left + size]
+        image = self.normalize(self.ops(image))
+        if side < size:
+            image = torch.nn.functional.pad(image, (0, size - side, 0, size - side))
+            labels = torch.nn.functional.pad(labels, (0, size - side, 0, size - side), value=self.ignore_index)
+        if torch.rand(()) < self.cutout:
+            h, w = (round(_uniform(*self.cutout_size) * size) for _ in range(2))
+            top, left = int(torch.randint(size - h + 1, ())), int(torch.randint(size - w + 1, ()))
+            image[:, top:top + h, left:left + w] = 0
+        return image, labels
+
+    def transform_batch(self, images: list[Image.Image], others: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        masks = others.pop(self.mask_column)
+        pixels, labels = zip(*(self.augment_pair(img, decode_mask(m)) for img, m in zip(images, masks)))
+        return {"pixel_values": list(pixels), "labels": list(labels), **others}
+
+
 __all__ = [
     "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "MOSAIC_LABELS", "MOSAIC_THRESHOLD",
     "IMAGENET_MEAN", "IMAGENET_STD", "CorruptImageError", "read_idx", "load_fashion_mnist",
     "make_mosaic_segmentation", "to_rgb", "decode_image", "decode_mask", "load_image_dataset", "write_image_folder",
-    "IndexedDataset", "PretrainTransform", "EvalTransform", "ProbeTrainTransform",
+    "IndexedDataset", "PretrainTransform", "EvalTransform", "ProbeTrainTransform", "SegmentationTrainTransform",
 ]

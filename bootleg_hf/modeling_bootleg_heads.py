@@ -11,21 +11,23 @@ final LayerNorm) and return logits `[B, C]`:
 - `AttentiveProbe(block=True)` (X-Blk) — X-Attn plus the residual MLP sub-block `q += MLP(LN(q))` before the Linear
   (V-JEPA's attentive classifier).
 
-Segmentation heads map the same tokens to logits `[B, C, h, w]`: `LinearSegmentationHead` (Lin) and
-`MaskTransformerHead` (Blk, Segmenter with one block).
+Segmentation heads map the same tokens to logits `[B, C, h, w]`: the paper's Lin and Blk are Segmenter's mask
+transformer (`MaskTransformerHead`) with 0 and 1 block; `LinearSegmentationHead` (`linear`: one Linear per patch) is
+the head earlier versions called Lin, kept so that their saved models load (`upgrade_segmentation_keys`).
 
 The task models keep the encoder under `bootleg.` (so an encoder folder or a pretraining checkpoint loads into them)
 and the head under `classifier.` / `decode_head.`; `freeze_encoder()` reproduces the probing setting and
 `from_encoder(...)` attaches a head trained on frozen features (`bootleg_hf.evaluation`) to an encoder for saving and
 for `transformers` pipelines.
 
-This module is shipped as Hub remote code: it imports only torch, transformers and sibling modules.
+This module is shipped as Hub remote code: it imports only torch, transformers (and its safetensors) and sibling
+modules.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -190,7 +192,8 @@ def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 class LinearSegmentationHead(nn.Module):
-    """Lin: `Linear(D → C)` on every patch token (after the encoder's final LN). `[B, T, D]` → `[B, C, h, w]`."""
+    """`linear`: `Linear(D → C)` on every patch token (after the encoder's final LN). `[B, T, D]` → `[B, C, h, w]`.
+    Earlier versions' Lin head (see `upgrade_segmentation_keys`)."""
 
     def __init__(self, config: BootlegConfig, num_labels: int):
         super().__init__()
@@ -203,21 +206,23 @@ class LinearSegmentationHead(nn.Module):
 
 
 class MaskTransformerHead(nn.Module):
-    """Blk: Segmenter's mask-transformer decoder with one block. `[B, T, D]` → `[B, C, h, w]`.
+    """Segmenter's mask-transformer decoder with `n_layers` blocks: the paper's Lin (0) and Blk (1).
+    `[B, T, D]` → `[B, C, h, w]`.
 
-    Patch tokens (CLS/registers dropped) → `Linear(D → D)`; learned class embeddings appended (patches first); one
-    pre-LN block (heads = encoder heads, which is Segmenter's D/64 for every paper size) → LN; patches and classes are
-    projected by two D×D matrices, L2-normalised, and their dot products (cosine similarities `[B, N, C]`) go
-    through a LayerNorm over the class axis. Segmenter's dropout is omitted (frozen-feature probes).
+    Patch tokens `[B, N, D]` (CLS/registers dropped) → `Linear(D → D)`; learned class embeddings `[1, C, D]`
+    appended (patches first: `[B, N + C, D]`); `n_layers` pre-LN blocks (heads = encoder heads, which is Segmenter's
+    D/64 for every paper size) → LN; patches and classes are projected by two D×D matrices and L2-normalised, and
+    their dot products (cosine similarities `[B, N, C]`) go through a LayerNorm over the class axis. Segmenter's
+    dropout is omitted (frozen-feature probes). The upsampling to pixels is the caller's (bilinear).
     """
 
-    def __init__(self, config: BootlegConfig, num_labels: int):
+    def __init__(self, config: BootlegConfig, num_labels: int, n_layers: int):
         super().__init__()
         d = config.hidden_size
         self.num_prefix_tokens = config.num_prefix_tokens
         self.proj_in = nn.Linear(d, d)
         self.class_embed = nn.Parameter(torch.zeros(1, num_labels, d))
-        self.block = BootlegBlock(config)
+        self.blocks = nn.ModuleList(BootlegBlock(config) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.proj_patch = nn.Parameter(torch.zeros(d, d))
         self.proj_classes = nn.Parameter(torch.zeros(d, d))
@@ -234,19 +239,40 @@ class MaskTransformerHead(nn.Module):
         x = self.proj_in(tokens[:, self.num_prefix_tokens:])
         n = x.shape[1]
         x = torch.cat([x, self.class_embed.expand(x.shape[0], -1, -1)], dim=1)
-        x = self.norm(self.block(x).out)
+        for block in self.blocks:
+            x = block(x).out
+        x = self.norm(x)
         patches = F.normalize(x[:, :n] @ self.proj_patch, dim=-1)
         classes = F.normalize(x[:, n:] @ self.proj_classes, dim=-1)
         return tokens_to_map(self.mask_norm(patches @ classes.transpose(1, 2)), grid)
 
 
+# mask-transformer blocks of the paper's segmentation heads
+SEGMENTATION_HEAD_LAYERS = {"lin": 0, "blk": 1}
+
+
 def build_segmentation_head(kind: str, config: BootlegConfig, num_labels: int) -> nn.Module:
-    """`lin` → `LinearSegmentationHead`, `blk` → `MaskTransformerHead`."""
-    if kind == "lin":
+    """`lin` / `blk` → `MaskTransformerHead` with 0 / 1 block, `linear` → `LinearSegmentationHead`."""
+    if kind in SEGMENTATION_HEAD_LAYERS:
+        return MaskTransformerHead(config, num_labels, SEGMENTATION_HEAD_LAYERS[kind])
+    if kind == "linear":
         return LinearSegmentationHead(config, num_labels)
-    if kind == "blk":
-        return MaskTransformerHead(config, num_labels)
     raise ValueError(f"unknown segmentation head '{kind}'; choose one of {SEGMENTATION_HEADS}")
+
+
+def upgrade_segmentation_keys(kind: str, keys: Iterable[str], prefix: str = "") -> tuple[str, dict[str, str]]:
+    """The kind and key renames `{old: new}` that load a head of `kind`, saved with state-dict `keys` (the head's
+    under `prefix`), into today's heads; `(kind, {})` for a head saved in today's layout.
+
+    Earlier versions saved two layouts that are no longer built under their name: `lin` was one Linear per patch
+    (keys `classifier.*`), today's `linear`; `blk`'s single block was `block.*`, today's `blocks.0.*`.
+    """
+    keys = [k[len(prefix):] for k in keys if k.startswith(prefix)]
+    if kind == "lin" and "classifier.weight" in keys:
+        return "linear", {}
+    if kind == "blk":
+        return kind, {prefix + k: f"{prefix}blocks.0.{k[len('block.'):]}" for k in keys if k.startswith("block.")}
+    return kind, {}
 
 
 class BootlegHeadModel(BootlegPreTrainedModel):
@@ -349,11 +375,12 @@ class BootlegForImageClassification(BootlegHeadModel):
 
 
 class BootlegForSemanticSegmentation(BootlegHeadModel):
-    """Bootleg encoder + a `config.segmentation_head` decoder (`lin` or `blk`).
+    """Bootleg encoder + a `config.segmentation_head` decoder (`lin`, `blk` or `linear`).
 
     `forward(pixel_values [B, C, H, W], labels [B, H', W'])` → `SemanticSegmenterOutput` with logits
     `[B, num_labels, H/P, W/P]`; the loss upsamples them bilinearly to the label size and takes the cross-entropy,
-    skipping `config.semantic_loss_ignore_index`.
+    skipping `config.semantic_loss_ignore_index`. `from_pretrained` also loads the folders of earlier versions,
+    whose head layouts `upgrade_segmentation_keys` maps to today's.
     """
 
     head_name = "decode_head"
@@ -361,6 +388,33 @@ class BootlegForSemanticSegmentation(BootlegHeadModel):
 
     def build_head(self, config: BootlegConfig) -> nn.Module:
         return build_segmentation_head(config.segmentation_head, config, config.num_labels)
+
+    @classmethod
+    def _load_pretrained_model(cls, model: "BootlegForSemanticSegmentation", state_dict: dict | None,
+                               checkpoint_files: list[str] | None, load_config: Any, *args: Any, **kwargs: Any):
+        # `from_pretrained` builds the model from the config before it reads the weights: a folder saved by an
+        # earlier version gets its head rebuilt (`lin` saved as one Linear is today's `linear`) and its keys renamed
+        # here, in memory, so that saving it again writes today's layout.
+        if state_dict is None and checkpoint_files and all(f.endswith(".safetensors") for f in checkpoint_files):
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            keys = []
+            for file in checkpoint_files:
+                with safe_open(file, framework="pt") as f:
+                    keys += list(f.keys())
+            if upgrade_segmentation_keys(model.config.segmentation_head, keys, "decode_head.") != (
+                    model.config.segmentation_head, {}):
+                state_dict = {k: v for file in checkpoint_files for k, v in load_file(file).items()}
+        if state_dict is not None:
+            kind, renames = upgrade_segmentation_keys(model.config.segmentation_head, state_dict, "decode_head.")
+            state_dict = {renames.get(k, k): v for k, v in state_dict.items()}
+            if kind != model.config.segmentation_head:
+                model.config.segmentation_head = kind
+                old = next(model.decode_head.parameters())
+                with torch.device(old.device):  # the meta device while from_pretrained loads
+                    model.decode_head = model.build_head(model.config).to(old.dtype)
+        return super()._load_pretrained_model(model, state_dict, checkpoint_files, load_config, *args, **kwargs)
 
     def head_logits(self, tokens: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
@@ -380,4 +434,4 @@ modeling_auto.MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES.setdefault("bootleg"
 
 __all__ = ["BootlegForImageClassification", "BootlegForSemanticSegmentation", "Probe", "PatchProbe", "ClsProbe",
            "LinearHead", "AttentiveProbe", "build_probe", "init_probe_weights", "LinearSegmentationHead", "MaskTransformerHead",
-           "build_segmentation_head"]
+           "SEGMENTATION_HEAD_LAYERS", "build_segmentation_head", "upgrade_segmentation_keys"]

@@ -68,8 +68,8 @@ CLASSIFICATION_PROBES = {
 }
 SEGMENTATION_PROBES = {
     "knn": "kNN: standardised patch features, per-pixel vote of the nearest training patches",
-    "lin": "Lin: linear per patch → bilinear upsampling",
-    "blk": "Blk: one-block Segmenter mask transformer",
+    "lin": "Lin: Segmenter mask transformer with 0 blocks (cosine patch-class masks) → bilinear upsampling",
+    "blk": "Blk: Segmenter mask transformer with 1 block → bilinear upsampling",
 }
 
 

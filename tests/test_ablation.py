@@ -10,7 +10,8 @@ from conftest import needs_fmnist
 import bootleg_hf
 from bootleg_hf.configuration_bootleg import default_targets
 from bootleg_hf.evaluation import ablation
-from bootleg_hf.evaluation.ablation import AblationSettings, run_ablation
+from bootleg_hf.evaluation.ablation import AblationSettings, fmt, run_ablation
+from bootleg_hf.evaluation.classification import quick_metric_results
 
 # A 2-block, width-32 encoder on 16 px images (4×4 grid, so a smaller minimum context), a run takes about a second;
 # a fast EMA, so that the teacher visibly moves away from its initialisation in the 2 steps of a run.
@@ -49,11 +50,19 @@ def test_objectives_are_depth_aware_and_distinct():
 
 
 @needs_fmnist
-def test_tiny_ablation_report_and_resume(tmp_path):
+def test_tiny_ablation_report_and_resume(tmp_path, monkeypatch):
     kwargs = dict(preset="vit-micro", objectives=["bootleg", "ijepa"], seeds=[0, 1], steps=2, batch_size=8,
                   probes=["patch", "xblk"], probe_epochs=1, probe_train=32, probe_test=16, probe_lrs=[1e-3],
                   probe_wds=[0.05], include_random_init=True, pretrain_limit=64, overrides=TINY, analyze_images=8)
+    reference_calls = []  # the reference lines' features and fits: once per seed, not once per run
+
+    def count(encoders, *args, **kwargs):
+        reference_calls.append(list(encoders))
+        return quick_metric_results(encoders, *args, **kwargs)
+
+    monkeypatch.setattr(ablation, "quick_metric_results", count)
     data = run_ablation(AblationSettings(**kwargs), out=tmp_path / "abl")
+    assert reference_calls == [["random init"], ["random init"]]
     names = ["bootleg-s0", "ijepa-s0", "bootleg-s1", "ijepa-s1", "random-init-s0", "random-init-s1"]
     assert data["ran"] == names and data["skipped"] == []
     assert data["depth"] == 2
@@ -82,16 +91,40 @@ def test_tiny_ablation_report_and_resume(tmp_path):
             assert stat["n"] == 2 and stat["values"] == values
             assert stat["mean"] == pytest.approx(statistics.fmean(values))
             assert stat["std"] == pytest.approx(statistics.stdev(values))
-    assert set(data["paired_vs_bootleg"]) == {"ijepa", "random-init"}
+    assert set(data["paired_vs_bootleg"]) == {"ijepa", "random-init", "raw pixels"}
+
+    # quick metrics: every run has them; the random-init run's are its seed's reference line, which was computed on
+    # that seed's initial encoder; the raw-pixel line is summarised over the seeds and paired with Bootleg
+    for seed in (0, 1):
+        saved = json.loads((tmp_path / "abl" / "references" / f"s{seed}.json").read_text())
+        assert saved["init_sha256"] == runs[("bootleg", seed)]["pretrain"]["init_sha256"]
+        assert runs[("random-init", seed)]["probes"]["knn"] == saved["scores"]["random init"]["knn"]
+        assert runs[("random-init", seed)]["probes"]["linear"] == saved["scores"]["random init"]["linear"]
+        for name in ("bootleg", "ijepa"):
+            assert 0 <= runs[(name, seed)]["probes"]["knn"]["top1"] <= 100
+            assert runs[(name, seed)]["probes"]["linear"]["converged"]
+    pixels = [json.loads((tmp_path / "abl" / "references" / f"s{s}.json").read_text())["scores"]["raw pixels"]
+              for s in (0, 1)]
+    assert data["references"]["raw pixels"]["probes"]["linear"]["values"] == [p["linear"]["top1"] for p in pixels]
+    assert list(data["references"]) == ["raw pixels"]  # the random-init run stands for the random-init line
+    assert data["paired_vs_bootleg"]["raw pixels"]["knn"]["values"] == [
+        p["knn"]["top1"] - runs[("bootleg", s)]["probes"]["knn"]["top1"] for s, p in zip((0, 1), pixels)]
+    assert set(data["paired_vs_bootleg"]["raw pixels"]) == {"knn", "linear"}
 
     report = tmp_path / "abl" / "ablation"
     saved = json.loads(report.with_suffix(".json").read_text())
     assert list(saved["summary"]) == ["bootleg", "ijepa", "random-init"]
     md = report.with_suffix(".md").read_text()
-    assert "| objective | targets | merge | masking | patch top-1 % | xblk top-1 % |" in md
+    assert ("| objective | targets | merge | masking | patch top-1 % | xblk top-1 % | knn top-1 % | linear top-1 % |"
+            in md)
+    assert "quick protocol (epochs 1 instead of 10, batch size 256" not in md  # the ablation's batch is quick's
+    assert "quick protocol (epochs 1 instead of 10, warmup epochs 0 instead of 5" in md
     for label in ("Bootleg (spaced blocks, concat)", "I-JEPA (final LN, I-JEPA masks)", "random init"):
         row = next(line for line in md.splitlines() if line.startswith(f"| {label}"))
-        assert "±" in row
+        assert all("±" in cell for cell in row.split(" | ")[4:8])  # patch, xblk, knn, linear
+    row = next(line for line in md.splitlines() if line.startswith("| raw pixels (reference) |"))
+    assert row.split(" | ")[4:8] == ["–", "–", *(fmt(data["references"]["raw pixels"]["probes"][k])
+                                                  for k in ("knn", "linear"))]
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     stds = runs[("bootleg", 0)]["pretrain"]["target_std_last"]  # the collapse monitor, per target layer
     assert set(stds) == {"1.out", "2.out"}
@@ -125,6 +158,7 @@ def test_tiny_ablation_report_and_resume(tmp_path):
     assert redone["pretrain"] == runs[("ijepa", 1)]["pretrain"]  # not retrained
     assert again["summary"]["bootleg"]["probes"] == data["summary"]["bootleg"]["probes"]
     assert again["summary"]["bootleg"]["representation"] == data["summary"]["bootleg"]["representation"]
+    assert again["references"] == data["references"] and len(reference_calls) == 2  # reused, not recomputed
 
     # other settings in the same folder are refused instead of silently mixed
     with pytest.raises(ValueError, match="other settings"):

@@ -22,7 +22,7 @@ MODELS = {
     **{f"probe-{kind}": (BootlegForImageClassification, {"probe_type": kind, "num_labels": 3})
        for kind in ("patch", "cls", "xattn", "xblk")},
     **{f"segmentation-{kind}": (BootlegForSemanticSegmentation, {"segmentation_head": kind, "num_labels": 3})
-       for kind in ("lin", "blk")},
+       for kind in ("lin", "blk", "linear")},
     "pretraining": (BootlegForPretraining, {}),
 }
 

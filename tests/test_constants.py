@@ -93,8 +93,8 @@ def test_probe_warmup_is_5_epochs_or_half_a_shorter_run(epochs, warmup):
 
 def test_run_probes_builds_the_papers_transforms_grid_and_warmup(monkeypatch):
     """Constants as `run_probes` really uses them: RandomResizedCrop(0.3–1, bicubic) + flip 0.5 + colour jitter 0.4 for
-    training, an 87.5 % centre crop (bicubic resize of the shorter side to size / 0.875) for evaluation, the 5×5 grid,
-    and a warm-up of min(5, epochs // 2) epochs from 0 followed by a cosine to 0."""
+    training, an 87.5 % centre crop (bicubic resize of the shorter side to size / 0.875) for evaluation, the 5×5 grid
+    (learning rates × batch / 1024), and a warm-up of min(5, epochs // 2) epochs from 0 followed by a cosine to 0."""
     attached = {}
     set_transform = datasets.Dataset.set_transform
 
@@ -133,8 +133,8 @@ def test_run_probes_builds_the_papers_transforms_grid_and_warmup(monkeypatch):
     assert (batches, epochs) == (2, 4)  # 8 images, batch 4, the last partial batch dropped
     warmup, total = 2 * batches, epochs * batches  # min(5, 4 // 2) = 2 warm-up epochs
     lrs = []
-    for _ in range(total + 1):
-        lrs.append(sweep.optimizer.param_groups[0]["lr"] / PAPER_GRID[0])
+    for _ in range(total + 1):  # the LR rule (README): grid lr × batch / 1024, here batch 4
+        lrs.append(sweep.optimizer.param_groups[0]["lr"] / (PAPER_GRID[0] * 4 / 1024))
         sweep.optimizer.step()  # no gradients: only the order the scheduler expects
         sweep.scheduler.step()
     assert lrs[:warmup + 1] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -281,3 +281,31 @@ def test_presets_carry_the_default_targets_and_the_encoder_constants():
 
     torch.testing.assert_close(zscore(x), expected, atol=1e-4, rtol=1e-4)
     assert math.isclose(float(base.ema_start), 0.9985) and math.isclose(float(base.ema_end), 0.9985)
+
+
+def test_patch_and_cls_probes_normalise_without_learned_parameters():
+    """Constant (docs/design.md §7): the Patch probe's BatchNorm and the CLS probe's LayerNorm have no affine
+    parameters — the Linear layer is the probe's only trained part."""
+    from bootleg_hf.modeling_bootleg_heads import build_probe
+
+    config = tiny_config()
+    for kind in ("patch", "cls"):
+        probe = build_probe(kind, config, 10)
+        assert [name for name, _ in probe.named_parameters()] == ["classifier.weight", "classifier.bias"], kind
+
+
+def test_attentive_probe_layout_and_init_are_v_jepas():
+    """Constant (docs/design.md §7): X-Attn / X-Blk hold one learned query `[1, 1, D]` (truncated normal, std =
+    initializer_range), a fused key/value Linear, and X-Blk an MLP of ratio 4 — the layout saved head files have."""
+    from bootleg_hf.modeling_bootleg_heads import build_probe
+
+    config = tiny_config(hidden_size=64, initializer_range=0.05)
+    torch.manual_seed(0)
+    probe = build_probe("xblk", config, 10)
+    shapes = {name: tuple(p.shape) for name, p in probe.named_parameters()}
+    assert shapes["query"] == (1, 1, 64) and shapes["kv.weight"] == (128, 64) and shapes["q_proj.weight"] == (64, 64)
+    assert shapes["mlp.fc1.weight"] == (256, 64) and shapes["mlp.fc2.weight"] == (64, 256)
+    assert shapes["classifier.weight"] == (10, 64) and "mlp.fc1.weight" not in dict(build_probe("xattn", config, 10)
+                                                                                     .named_parameters())
+    queries = torch.cat([build_probe("xattn", config, 10).query.detach().flatten() for _ in range(50)])
+    assert 0.045 < float(queries.std()) < 0.055

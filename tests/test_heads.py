@@ -1,9 +1,12 @@
 """Task models (docs/design.md §7): BootlegForImageClassification / BootlegForSemanticSegmentation, Auto classes,
 pipelines, gradient accumulation, and attaching trained heads to an encoder."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_config
 from PIL import Image
 from transformers import (
@@ -21,7 +24,13 @@ from bootleg_hf import (
     BootlegForSemanticSegmentation,
     BootlegModel,
 )
-from bootleg_hf.modeling_bootleg_heads import LinearSegmentationHead, MaskTransformerHead
+from bootleg_hf.checkpoints import export_pretrained
+from bootleg_hf.modeling_bootleg_heads import (
+    LinearSegmentationHead,
+    MaskTransformerHead,
+    build_segmentation_head,
+    upgrade_segmentation_keys,
+)
 
 PROBES = ("patch", "cls", "xattn", "xblk")
 
@@ -55,7 +64,7 @@ def test_classification_shapes_and_frozen_gradients(probe):
     assert_head_only_gradients(model, model.classifier)
 
 
-@pytest.mark.parametrize("head", ["lin", "blk"])
+@pytest.mark.parametrize("head", ["lin", "blk", "linear"])
 def test_segmentation_shapes_and_frozen_gradients(head):
     model = segmenter(head).freeze_encoder()
     labels = torch.randint(0, 3, (2, 40, 40))
@@ -67,7 +76,8 @@ def test_segmentation_shapes_and_frozen_gradients(head):
     assert torch.allclose(out.loss, expected)
     out.loss.backward()
     assert_head_only_gradients(model, model.decode_head)
-    assert isinstance(model.decode_head, {"lin": LinearSegmentationHead, "blk": MaskTransformerHead}[head])
+    expected = {"lin": MaskTransformerHead, "blk": MaskTransformerHead, "linear": LinearSegmentationHead}[head]
+    assert isinstance(model.decode_head, expected)
 
 
 def test_unfrozen_encoder_gets_gradients_and_other_sizes_interpolate():
@@ -81,10 +91,107 @@ def test_unfrozen_encoder_gets_gradients_and_other_sizes_interpolate():
 
 def test_blk_head_structure():
     head = segmenter("blk").decode_head
+    assert len(head.blocks) == 1 and len(segmenter("lin").decode_head.blocks) == 0
     assert head.class_embed.shape == (1, 3, 32) and head.proj_patch.shape == (32, 32)
     # Segmenter's projections start as d^-0.5 · randn, not the Linear init
     assert float(head.proj_patch.detach().std()) == pytest.approx(32**-0.5, rel=0.2)
     assert head.mask_norm.normalized_shape == (3,)  # LayerNorm over the class axis
+
+
+def segmenter_decoder(state: dict, tokens: torch.Tensor, num_prefix: int, n_layers: int, num_heads: int,
+                      grid: tuple[int, int], eps: float) -> torch.Tensor:
+    """Segmenter's `MaskTransformer.forward` written out from its parameters (docs/design.md §7, the reference notes'
+    Segmenter facts): patch tokens → Linear; [patches, classes]; pre-LN blocks; LN; the two projections, each
+    L2-normalised; cosine masks → LayerNorm over the classes → `b (h w) n -> b n h w`."""
+    x = tokens[:, num_prefix:] @ state["proj_in.weight"].T + state["proj_in.bias"]
+    b, n, d = x.shape
+    x = torch.cat([x, state["class_embed"].expand(b, -1, -1)], dim=1)
+    for i in range(n_layers):
+        w = {k[len(f"blocks.{i}."):]: v for k, v in state.items() if k.startswith(f"blocks.{i}.")}
+        h = F.layer_norm(x, (d,), w["norm1.weight"], w["norm1.bias"], eps)
+        q, k, v = (t.reshape(b, -1, num_heads, d // num_heads).transpose(1, 2)
+                   for t in (h @ w["attn.qkv.weight"].T + w["attn.qkv.bias"]).chunk(3, dim=-1))
+        attn = ((q @ k.transpose(-1, -2)) * (d // num_heads) ** -0.5).softmax(-1) @ v
+        x = x + attn.transpose(1, 2).reshape(b, -1, d) @ w["attn.proj.weight"].T + w["attn.proj.bias"]
+        h = F.layer_norm(x, (d,), w["norm2.weight"], w["norm2.bias"], eps)
+        x = x + F.gelu(h @ w["mlp.fc1.weight"].T + w["mlp.fc1.bias"]) @ w["mlp.fc2.weight"].T + w["mlp.fc2.bias"]
+    x = F.layer_norm(x, (d,), state["norm.weight"], state["norm.bias"], eps)
+    patches, classes = x[:, :n] @ state["proj_patch"], x[:, n:] @ state["proj_classes"]
+    patches = patches / patches.norm(dim=-1, keepdim=True)
+    classes = classes / classes.norm(dim=-1, keepdim=True)
+    masks = patches @ classes.transpose(1, 2)  # [B, N, C]
+    masks = F.layer_norm(masks, masks.shape[-1:], state["mask_norm.weight"], state["mask_norm.bias"])
+    return masks.transpose(1, 2).reshape(b, -1, *grid)
+
+
+@pytest.mark.parametrize("kind, n_layers", [("lin", 0), ("blk", 1)])
+def test_mask_transformer_heads_compute_segmenters_decoder(kind, n_layers):
+    config = tiny_config()  # width 32, 4 heads, CLS + 4 registers, a 4×4 grid
+    torch.manual_seed(0)
+    head = build_segmentation_head(kind, config, 5).eval()
+    assert isinstance(head, MaskTransformerHead) and len(head.blocks) == n_layers
+    with torch.no_grad():  # no parameter keeps its (structured) initial value
+        for p in head.parameters():
+            p.normal_(0, 0.3)
+    tokens = torch.randn(2, 5 + 16, 32)
+    cosines = []
+    head.mask_norm.register_forward_hook(lambda module, args, out: cosines.append(args[0]))
+    with torch.no_grad():
+        logits = head(tokens, (4, 4))
+        expected = segmenter_decoder(head.state_dict(), tokens, 5, n_layers, 4, (4, 4), config.layer_norm_eps)
+    assert logits.shape == (2, 5, 4, 4)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    assert cosines[0].shape == (2, 16, 5) and cosines[0].abs().max() <= 1 + 1e-6  # cosine similarities
+    with torch.no_grad():  # the prefix tokens (CLS, registers) are dropped
+        assert torch.equal(head(torch.cat([torch.randn(2, 5, 32), tokens[:, 5:]], 1), (4, 4)), logits)
+    if n_layers == 0:  # without blocks each patch only feeds its own position: patch 6 is row 1, column 2
+        moved = tokens.clone()
+        moved[:, 5 + 6] += 1
+        with torch.no_grad():
+            changed = (head(moved, (4, 4)) != logits).any(dim=(0, 1))
+        assert changed.nonzero().tolist() == [[1, 2]]
+
+
+def test_segmentation_folders_of_earlier_versions_load(tmp_path):
+    """Earlier versions saved Lin as one Linear per patch under the name `lin` (today's `linear`) and Blk's block as
+    `block.*`: such folders load with the same logits, through the Auto class and the pipeline, and save again in
+    today's layout; their head files export the same way."""
+    from safetensors.torch import load_file, save_file
+
+    x = torch.randn(2, 3, 32, 32)
+    old_lin = segmenter("linear").eval()
+    old_lin.save_pretrained(tmp_path / "lin")
+    config = json.loads((tmp_path / "lin" / "config.json").read_text())
+    (tmp_path / "lin" / "config.json").write_text(json.dumps({**config, "segmentation_head": "lin"}))
+    old_blk = segmenter("blk").eval()
+    old_blk.save_pretrained(tmp_path / "blk")
+    weights = {k.replace("decode_head.blocks.0.", "decode_head.block."): v
+               for k, v in load_file(tmp_path / "blk" / "model.safetensors").items()}
+    save_file(weights, tmp_path / "blk" / "model.safetensors", metadata={"format": "pt"})
+    for name, old in (("lin", old_lin), ("blk", old_blk)):
+        loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / name).eval()
+        assert type(loaded.decode_head) is type(old.decode_head)
+        assert loaded.config.segmentation_head == {"lin": "linear", "blk": "blk"}[name]
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x).logits, old(x).logits, atol=1e-6, rtol=0)
+        loaded.save_pretrained(tmp_path / f"{name}-again")
+        assert set(load_file(tmp_path / f"{name}-again" / "model.safetensors")) == set(old.state_dict())
+    bootleg_hf.make_image_processor(old_lin.config).save_pretrained(tmp_path / "lin")
+    assert pipeline("image-segmentation", model=str(tmp_path / "lin"))(Image.new("RGB", (32, 32)))
+
+    # head files (bootleg-segment's heads/<kind>.safetensors) of earlier versions
+    encoder = old_lin.bootleg
+    encoder.save_pretrained(tmp_path / "encoder")
+    save_file(old_lin.decode_head.state_dict(), tmp_path / "lin.safetensors",
+              metadata={"segmentation_head": "lin", "labels": json.dumps(["a", "b", "c"])})
+    model = BootlegForSemanticSegmentation.from_pretrained(
+        export_pretrained(tmp_path / "encoder", tmp_path / "exported", segmentation_head=tmp_path / "lin.safetensors"))
+    assert model.config.segmentation_head == "linear"
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x).logits, old_lin(x).logits, atol=1e-6, rtol=0)
+    assert upgrade_segmentation_keys("blk", ["block.norm1.weight", "class_embed"]) == (
+        "blk", {"block.norm1.weight": "blocks.0.norm1.weight"})
+    assert upgrade_segmentation_keys("lin", list(segmenter("lin").decode_head.state_dict())) == ("lin", {})
 
 
 @pytest.mark.parametrize("auto, make", [(AutoModelForImageClassification, lambda: classifier("patch")),

@@ -4,8 +4,6 @@ and match the probes' evaluation view, pipelines run without spurious warnings, 
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -281,21 +279,6 @@ def test_backbone_from_a_saved_folder_and_upernet(tmp_path):
 
 
 @needs_fmnist
-def test_readme_pretraining_example_learns(tmp_path):
-    """The README's Python pretraining example prints its logged losses: they fall clearly (the LR is the one given,
-    not scaled down by batch / 2048)."""
-    import re
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "BootlegTrainingArguments(" in b)
-    run = subprocess.run([sys.executable, "-c", block.replace('"runs/', f'"{tmp_path}/')], capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    losses = json.loads(run.stdout.strip().splitlines()[-1])
-    # single-batch losses vary by ~0.03 between seeds (the model's init is not seeded there): compare pair means
-    assert len(losses) == 8 and np.mean(losses[:2]) > 0.85 and np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.1, losses
-
-
 def test_trainer_push_to_hub_publishes_the_teacher_encoder_with_a_card(fake_hub, tmp_path):
     """`BootlegTrainer.push_to_hub` uploads the EMA teacher as an encoder repo (code, processor, card with the run's
     facts), loadable without the package, and nothing of the student or predictor."""

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,9 @@ from safetensors.torch import load_file
 
 from bootleg_hf import BootlegForSemanticSegmentation
 from bootleg_hf.checkpoints import export_pretrained, load_encoder
-from bootleg_hf.data import decode_image
+from bootleg_hf.data import IMAGENET_MEAN, IMAGENET_STD, SegmentationTrainTransform, decode_image
 from bootleg_hf.evaluation.segmentation import (
+    SEGMENTATION_PROTOCOLS,
     KnnSegmenter,
     SegmentationSettings,
     blocks_to_maps,
@@ -144,6 +146,125 @@ def test_segmentation_heads_learn_on_cached_features(kind):
     assert miou(pred, test_labels[:, ::8, ::8], 4)["pixel_accuracy"] > 0.95
 
 
+def test_protocols_hold_the_papers_numbers():
+    """The appendix: 128 epochs at batch 64, 5 warm-up epochs, LR grids spanning [2.5e-4, 7.5e-3] (Lin) and
+    [2.5e-5, 7.5e-4] (Blk), weight decay 1e-4 (Lin) and 0.05 (Blk), RandScale(0.5, 2) + flip + cutout + jitter."""
+    paper = SEGMENTATION_PROTOCOLS["paper"]
+    assert (paper.epochs, paper.batch_size, paper.warmup_epochs) == (128, 64, 5)
+    assert paper.lrs == {"lin": (2.5e-4, 5e-4, 7.5e-4, 2.5e-3, 5e-3, 7.5e-3),
+                         "blk": (2.5e-5, 5e-5, 7.5e-5, 2.5e-4, 5e-4, 7.5e-4)}
+    assert paper.weight_decay == {"lin": 1e-4, "blk": 0.05}
+    assert paper.augmentation["scale"] == (0.5, 2.0) and paper.augmentation["cutout"] > 0
+    assert paper.augmentation["jitter"] > 0
+    quick = SEGMENTATION_PROTOCOLS["quick"]
+    assert quick.augmentation is None and quick.weight_decay == paper.weight_decay
+    assert (quick.epochs, quick.batch_size, quick.warmup_epochs) == (40, 64, 1)
+    # what a run records: the protocol's values, or the explicit ones; warm-up at most half the epochs
+    assert SegmentationSettings(protocol="paper").head_training() == {
+        "name": "paper", "description": paper.description, "epochs": 128, "batch_size": 64, "warmup_epochs": 5,
+        "lrs": {k: list(v) for k, v in paper.lrs.items()}, "weight_decay": {"lin": 1e-4, "blk": 0.05},
+        "augmentation": dict(paper.augmentation)}
+    training = SegmentationSettings(protocol="paper", probes=("knn", "blk"), epochs=4, batch_size=8, lrs=[1e-3],
+                                    weight_decay=0.0).head_training()
+    assert {k: training[k] for k in ("epochs", "batch_size", "warmup_epochs", "lrs", "weight_decay")} == {
+        "epochs": 4, "batch_size": 8, "warmup_epochs": 2, "lrs": {"blk": [1e-3]}, "weight_decay": {"blk": 0.0}}
+    with pytest.raises(ValueError, match="segmentation protocol"):
+        SegmentationSettings(protocol="appendix")
+
+
+# --- the paper protocol's joint augmentation --------------------------------------------------------------------------
+
+
+def label_image(size: int = 64, block: int = 16):
+    """A grey image whose pixel values encode their labels (value 40 + 12·label), labels 0..15 in 16×16 blocks."""
+    from PIL import Image
+
+    labels = (np.arange(size)[:, None] // block * (size // block) + np.arange(size)[None, :] // block)
+    return Image.fromarray((40 + 12 * labels).astype(np.uint8)).convert("RGB"), Image.fromarray(labels.astype(np.uint8))
+
+
+def decoded_labels(pixel_values: torch.Tensor) -> torch.Tensor:
+    """`label_image`'s labels read back from normalised pixels `[3, H, W]` (first channel)."""
+    value = (pixel_values[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255
+    return ((value - 40) / 12).round().long()
+
+
+def augment(seed: int, **options):
+    kwargs = {"scale": (0.5, 2.0), "jitter": 0.0, "cutout": 0.0, "cutout_size": (0.5, 0.5), **options}
+    image, mask = label_image()
+    torch.manual_seed(seed)
+    out = SegmentationTrainTransform(32, **kwargs)({"image": [image], "mask": [mask]})
+    return out["pixel_values"][0], out["labels"][0]
+
+
+def test_segmentation_augmentation_keeps_image_and_labels_aligned():
+    sides, checked = [], 0
+    for seed in range(12):
+        pixels, labels = augment(seed)
+        assert pixels.shape == (3, 32, 32) and labels.shape == (32, 32) and labels.dtype == torch.int64
+        # the image's values say the label wherever resampling does not blur: 2 px or more from a label border
+        # and from the crop's edges (beyond which the image went on)
+        grid = F.pad(labels[None, None].float(), (2, 2, 2, 2), value=-1)
+        interior = (F.max_pool2d(grid, 5, 1) == -F.max_pool2d(-grid, 5, 1))[0, 0] & (labels != 255)
+        assert torch.equal(decoded_labels(pixels)[interior], labels[interior])
+        checked += int(interior.sum())
+        sides.append(int((labels != 255).any(0).sum()))
+    assert checked > 12 * 32 * 32 // 4
+    assert min(sides) < 32 and max(sides) == 32  # some draws were scaled below the crop, some above
+
+    pixels, labels = augment(0, scale=(0.5, 0.5))  # 64 px → 16 px: padded at the bottom and right
+    assert (labels[16:] == 255).all() and (labels[:, 16:] == 255).all() and (labels[:16, :16] != 255).all()
+    assert (pixels[:, 16:] == 0).all() and (pixels[:, :, 16:] == 0).all()  # 0 = the mean colour
+    assert set(labels[:16, :16].unique().tolist()) == set(range(16))  # the whole image, scaled down
+
+    flips = set()
+    reference = torch.arange(4).repeat_interleave(8)  # the first row of the 32 px label map
+    for seed in range(12):  # scale 1: the evaluation's 32 px image, maybe flipped
+        pixels, labels = augment(seed, scale=(1.0, 1.0))
+        flips.add(bool(torch.equal(labels[0], reference.flip(0))))
+        assert torch.equal(labels[0], reference.flip(0)) or torch.equal(labels[0], reference)
+    assert flips == {True, False}
+
+
+def test_segmentation_augmentation_jitter_and_cutout_touch_the_image_only():
+    # the same seed draws the same geometry: jitter and cutout come after it
+    plain_pixels, plain_labels = augment(3, scale=(1.0, 1.0))
+    jittered_pixels, jittered_labels = augment(3, scale=(1.0, 1.0), jitter=0.4)
+    assert torch.equal(jittered_labels, plain_labels) and not torch.equal(jittered_pixels, plain_pixels)
+    cut_pixels, cut_labels = augment(3, scale=(1.0, 1.0), cutout=1.0)  # a 16×16 rectangle of mean colour
+    assert torch.equal(cut_labels, plain_labels)  # its labels are kept
+    changed = (cut_pixels != plain_pixels).any(0)
+    rows, cols = changed.nonzero().T
+    assert changed.sum() == 16 * 16 and int(rows.max() - rows.min()) == int(cols.max() - cols.min()) == 15
+    assert (cut_pixels[:, changed] == 0).all()
+
+
+@needs_fmnist
+def test_run_segmentation_with_the_paper_protocol(tmp_path):
+    """The paper protocol end to end on a few mosaics: the heads train on augmented images, one encoder forward per
+    batch for every Lin and Blk head; the results, report and head files say so."""
+    encoder = load_encoder("random:vit-micro")
+    batch_sizes = []
+    encoder.register_forward_hook(lambda module, args, out: batch_sizes.append(len(args[0])))
+    settings = SegmentationSettings(probes=("lin", "blk"), protocol="paper", limit_train=8, limit_test=4, epochs=2,
+                                    batch_size=4, num_workers=0)
+    results = run_segmentation(encoder, "mosaic", settings, out=tmp_path / "seg")
+    # the test split once (4 images), then 2 epochs × 2 batches of 4 augmented train images
+    assert batch_sizes == [4] + [4] * 4
+    assert results["protocol"]["name"] == "paper" and results["protocol"]["augmentation"]["scale"] == (0.5, 2.0)
+    assert (results["protocol"]["epochs"], results["protocol"]["warmup_epochs"]) == (2, 1)
+    for kind in ("lin", "blk"):
+        r = results["probes"][kind]
+        assert [g["lr"] for g in r["grid"]] == list(SEGMENTATION_PROTOCOLS["paper"].lrs[kind])
+        assert r["weight_decay"] == {"lin": 1e-4, "blk": 0.05}[kind] and len(r["best"]["train_loss"]) == 2
+        with safe_open(tmp_path / "seg" / results["heads"][kind], framework="pt") as f:
+            assert f.metadata()["protocol"] == "paper"
+    document = json.loads((tmp_path / "seg" / "segment_results.json").read_text())
+    assert document["segmentation"]["protocol"]["name"] == "paper"
+    assert "Lin/Blk: paper protocol (the appendix's" in (tmp_path / "seg" / "segment_results.md").read_text()
+    assert (tmp_path / "seg" / "segmenter" / "config.json").is_file()
+
+
 @needs_fmnist
 def test_segment_cli_smoke(tmp_path):
     out = tmp_path / "seg"
@@ -159,7 +280,10 @@ def test_segment_cli_smoke(tmp_path):
     assert results["dataset"] == {"name": "Fashion-MNIST 2×2 mosaics", "type": "zalando-datasets/fashion_mnist",
                                   "split": "test"}
     assert set(results["probes"]) == {"knn", "lin", "blk"} and results["num_labels"] == 11
-    assert len(results["probes"]["knn"]["grid"]) == 8 and len(results["probes"]["blk"]["grid"]) == 3
+    assert len(results["probes"]["knn"]["grid"]) == 8
+    assert len(results["probes"]["blk"]["grid"]) == len(SEGMENTATION_PROTOCOLS["quick"].lrs["blk"])
+    assert results["protocol"]["name"] == "quick" and results["protocol"]["epochs"] == 1  # --epochs overrides
+    assert results["protocol"]["weight_decay"] == {"lin": 1e-4, "blk": 0.05} and results["protocol"]["batch_size"] == 64
     for r in results["probes"].values():
         assert 0 <= r["best"]["miou"] <= 100 and 0 <= r["best"]["pixel_accuracy"] <= 100
         assert r["best"]["miou"] == max(g["miou"] for g in r["grid"])
@@ -168,7 +292,8 @@ def test_segment_cli_smoke(tmp_path):
     assert config["segmentation_head"] == results["best_head"] and config["id2label"]["0"] == "background"
     assert results["probes"][results["best_head"]]["best"]["miou"] == max(
         results["probes"][k]["best"]["miou"] for k in ("lin", "blk"))
-    assert "| knn |" in (out / "segment_results.md").read_text()
+    report = (out / "segment_results.md").read_text()
+    assert "| knn |" in report and "Lin/Blk: quick protocol (CPU-sized" in report
 
 
 @needs_fmnist

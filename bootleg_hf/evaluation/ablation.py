@@ -20,8 +20,13 @@ and per seed the initial weights (every objective of a seed starts from the same
 run's JSON shows it), the data order and the masks (per masking mode). `include_random_init` adds that initial
 encoder, probed without pretraining, as the baseline row.
 
-Probes: `run_probes`' protocol (5 × 5 lr × wd sweep per probe type trained on one frozen pass, best grid point
-reported), on `probe_train` / `probe_test` images drawn with the run's seed, teacher weights.
+Probes: `run_probes`' quick protocol with the ablation's epochs and batch (5 × 5 lr × wd sweep per probe type
+trained on one frozen pass, learning rates × batch / 1024, best grid point reported), on `probe_train` / `probe_test`
+images drawn with the run's seed, teacher weights; plus the quick metrics `knn` and `linear` (weighted kNN and a
+converged linear classifier on cached features, `bootleg_hf.evaluation.quick_metrics`) of every teacher. Their
+reference lines, raw pixels and the seed's initial encoder (random init), are computed once per seed (the probe
+subsets depend on it), kept in `<out>/references/s<seed>.json`, and shown in the same tables; the random-init run,
+when included, takes its quick metrics from there.
 
 Resumable: each run writes `<out>/runs/<objective>-s<seed>/result.json` when done, and finished runs are skipped
 (a run whose recorded settings differ from the requested ones is an error: use another `out`). An interrupted
@@ -63,8 +68,18 @@ from ..pretraining import PretrainSettings, build_trainer, initial_model
 from ..recipes import build_config, load_recipe, recipe_path
 from ..reports import write_json, write_text
 from .analysis import analyze, load_pixel_values
-from .classification import PROBE_GRID, ProbeSettings, run_probes
-from .common import check_names
+from .classification import (
+    PIXELS,
+    PROBE_GRID,
+    RANDOM_REFERENCE,
+    ProbeSettings,
+    class_names,
+    probe_splits,
+    quick_metric_results,
+    run_probes,
+)
+from .common import check_names, default_device
+from .quick_metrics import KNN_DESCRIPTION, LINEAR_DESCRIPTION
 
 DEFAULT_OBJECTIVES = ("bootleg", "last", "ijepa", "average", "pixels", "random-mask")
 ALL_OBJECTIVES = DEFAULT_OBJECTIVES + ("deep", "middle")
@@ -79,7 +94,10 @@ LABELS = {
     "deep": "last third of blocks, concat",
     "middle": "middle third of blocks, concat",
     RANDOM_INIT: "random init (no pretraining)",
+    PIXELS: "raw pixels (reference)",
+    RANDOM_REFERENCE: "random init (reference, no pretraining)",
 }
+QUICK_METRICS = ("knn", "linear")  # the quick metrics, reported like probes: "knn" / "linear" → {"top1": ...}
 # docs/design.md §12, the paper's ablation (ViT-S/16, 300 epochs, IN-1k top-1 %): objective → (X-Blk, Patch)
 PAPER_ABLATION = {"bootleg": (74.4, 67.8), "deep": (69.7, 60.2), "middle": (72.2, 61.6), "average": (69.8, 57.2),
                   "pixels": (66.7, 52.9)}
@@ -145,10 +163,18 @@ class AblationSettings:
     def warmup_steps(self) -> int:
         return int(round(self.warmup_frac * self.steps))
 
-    def probe_settings(self, seed: int) -> ProbeSettings:
-        return ProbeSettings(probes=self.probes, epochs=self.probe_epochs, batch_size=self.probe_batch_size,
-                             limit_train=self.probe_train, limit_test=self.probe_test, lrs=list(self.probe_lrs),
-                             wds=list(self.probe_wds), seed=seed, num_workers=self.num_workers)
+    @property
+    def metrics(self) -> list[str]:
+        """The report's score columns: the probe types, then the quick metrics."""
+        return [*self.probes, *QUICK_METRICS]
+
+    def probe_settings(self, seed: int, quick_metrics: bool = True) -> ProbeSettings:
+        """The probes of one run: its reference lines come from `reference_scores`, once per seed."""
+        return ProbeSettings(probes=self.probes, protocol="quick", epochs=self.probe_epochs,
+                             batch_size=self.probe_batch_size, limit_train=self.probe_train,
+                             limit_test=self.probe_test, lrs=list(self.probe_lrs), wds=list(self.probe_wds),
+                             seed=seed, num_workers=self.num_workers, quick_metrics=quick_metrics,
+                             references=False)
 
     def signature(self, recipe_name: str, base_recipe: dict[str, Any]) -> dict[str, Any]:
         """What a finished run must have been made with to be reused."""
@@ -157,7 +183,8 @@ class AblationSettings:
                 "pretrain_limit": self.pretrain_limit, "steps": self.steps, "batch_size": self.batch_size,
                 "warmup_steps": self.warmup_steps, "probe_epochs": self.probe_epochs, "probe_train": self.probe_train,
                 "probe_test": self.probe_test, "probe_batch_size": self.probe_batch_size,
-                "probe_lrs": list(self.probe_lrs), "probe_wds": list(self.probe_wds)}
+                "probe_lrs": list(self.probe_lrs), "probe_wds": list(self.probe_wds),
+                "probe_protocol": "quick", "probe_lr_scale": self.probe_settings(0).lr_scale}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -213,9 +240,20 @@ def pretrain_run(recipe: dict[str, Any], dataset: datasets.Dataset, seed: int, s
     return record
 
 
-def probe_scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    return {kind: {"top1": r["best"]["top1"], "lr": r["best"]["lr"], "weight_decay": r["best"]["weight_decay"]}
-            for kind, r in results["probes"].items()}
+def probe_scores(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A run's scores per probe type (best grid point) and, when measured, per quick metric (`quick_scores`)."""
+    scores = {kind: {"top1": r["best"]["top1"], "lr": r["best"]["lr"], "weight_decay": r["best"]["weight_decay"]}
+              for kind, r in results["probes"].items()}
+    if "quick_metrics" in results:
+        scores.update(quick_scores(results["quick_metrics"]["rows"]["encoder"]))
+    return scores
+
+
+def quick_scores(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One feature set's quick metrics (a row of `quick_metric_results`) in the form of probe scores."""
+    linear = row["linear"]
+    return {"knn": {"top1": row["knn_top1"]},
+            "linear": {"top1": row["linear_top1"], "l2": linear["l2"], "converged": linear["converged"]}}
 
 
 # Representation summary: the three numbers of `analyze` compared across objectives
@@ -294,10 +332,37 @@ class _Data:
         return self._probe
 
 
+def reference_scores(seed: int, base_recipe: dict[str, Any], s: AblationSettings, data: _Data,
+                     out: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """The quick metrics (`quick_scores`) of the reference lines on seed `seed`'s probe subsets: raw pixels
+    (`PIXELS`) and the seed's initial encoder (`RANDOM_REFERENCE`: the encoder every objective of the seed starts
+    from, what the random-init run probes). Computed once per seed and kept in `<out>/references/s<seed>.json`
+    (recomputed when the architecture, data or subset sizes differ)."""
+    path = out / "references" / f"s{seed}.json"
+    dataset = s.dataset if isinstance(s.dataset, str) else "custom"
+    expected = json.loads(json.dumps({"model": base_recipe["model"], "dataset": dataset, "probe_train": s.probe_train,
+                                      "probe_test": s.probe_test, "seed": seed}))
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["settings"] == expected:
+            return saved["scores"]
+    settings = s.probe_settings(seed)
+    train, test = probe_splits(data.probe, settings)
+    encoder = initial_model(build_config(run_recipe_for(base_recipe, {})), seed).student
+    device = default_device()
+    quick = quick_metric_results({RANDOM_REFERENCE: encoder.requires_grad_(False).eval().to(device)}, train, test,
+                                 len(class_names(train)), settings, device, pixels=True)
+    scores = {name: quick_scores(row) for name, row in quick["rows"].items()}
+    write_json(path, {"settings": expected, "init_sha256": state_sha256(encoder), "quick_metrics": quick,
+                      "scores": scores})
+    return scores
+
+
 def run_one(name: str, seed: int, expected: dict[str, Any], base_recipe: dict[str, Any], depth: int,
-            s: AblationSettings, data: _Data, run_dir: Path) -> dict[str, Any]:
+            s: AblationSettings, data: _Data, run_dir: Path, references: dict[str, Any]) -> dict[str, Any]:
     """Pretrain (or reuse the finished pretraining of) one objective and seed, probe its teacher, write
-    `result.json`; the random-init baseline is probed without pretraining."""
+    `result.json`; the random-init baseline is probed without pretraining and takes its quick metrics from the
+    seed's `references` (`reference_scores`: the same encoder on the same images)."""
     tick = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     started = run_dir / "settings.json"  # guards the reuse of an unfinished run's checkpoint or encoder
@@ -322,14 +387,15 @@ def run_one(name: str, seed: int, expected: dict[str, Any], base_recipe: dict[st
     if not s.keep_checkpoints:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     tock = time.perf_counter()
-    results = run_probes(model, data.probe, s.probe_settings(seed))
     pretrained = name != RANDOM_INIT
+    results = run_probes(model, data.probe, s.probe_settings(seed, quick_metrics=pretrained))
+    scores = probe_scores(results) if pretrained else {**probe_scores(results), **references[RANDOM_REFERENCE]}
     result = {
         "objective": name, "seed": seed, "label": LABELS[name], "settings": expected,
         "target_spec": str(config.target_spec) if pretrained else None,
         "target_dim": config.target_spec.target_dim(config.hidden_size, config.patch_size, config.num_channels)
         if pretrained else None,
-        "depth": depth, "pretrain": record, "probes": probe_scores(results),
+        "depth": depth, "pretrain": record, "probes": scores,
         "probe_wall_s": round(time.perf_counter() - tock, 1), "wall_s": round(time.perf_counter() - tick, 1),
     }
     write_json(run_dir / "result.json", result)
@@ -360,6 +426,7 @@ def run_ablation(settings: AblationSettings | None = None, out: str | Path = "ru
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     data = _Data(s)
+    references = {seed: reference_scores(seed, base_recipe, s, data, out) for seed in s.seeds}
     ran, skipped = [], []
     for i, (name, seed) in enumerate(plan):
         run_dir = runs_dir / f"{name}-s{seed}"
@@ -380,7 +447,7 @@ def run_ablation(settings: AblationSettings | None = None, out: str | Path = "ru
             continue
         print(f"[{i + 1}/{len(plan)}] {run_dir.name}: "
               f"{objective_settings(name, depth) if name != RANDOM_INIT else 'no pretraining'}", flush=True)
-        result = run_one(name, seed, expected, base_recipe, depth, s, data, run_dir)
+        result = run_one(name, seed, expected, base_recipe, depth, s, data, run_dir, references[seed])
         ran.append(run_dir.name)
         elapsed = time.perf_counter() - start
         scores = ", ".join(f"{k} {v['top1']:.2f}" for k, v in result["probes"].items())
@@ -392,12 +459,21 @@ def run_ablation(settings: AblationSettings | None = None, out: str | Path = "ru
     if s.analyze_images:
         analyze_runs(finished, runs_dir, base_recipe, s.dataset, s.analyze_images)
     names = s.objectives + ([RANDOM_INIT] if s.include_random_init else [])
+    # the reference lines as runs of their own (the random-init one only when no random-init run stands for it)
+    reference_runs = [{"objective": name, "seed": seed, "probes": references[seed][name]} for seed in s.seeds
+                      for name in (PIXELS, *([] if s.include_random_init else [RANDOM_REFERENCE]))]
     report_data = {
         "preset": s.preset, "depth": depth,
         "objectives": {n: {"label": LABELS[n], **objective_settings(n, depth)} for n in s.objectives},
-        "seeds": s.seeds, "probes": s.probes, "settings": signature, "analyze_images": s.analyze_images,
+        "seeds": s.seeds, "probes": s.probes, "metrics": s.metrics, "settings": signature,
+        "probe_protocol": s.probe_settings(s.seeds[0]).protocol_label, "analyze_images": s.analyze_images,
         "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "summary": summarize(finished, names, s.probes), "paired_vs_bootleg": paired_differences(finished, s.probes),
+        "summary": summarize(finished, names, s.metrics),
+        "references": {name: {"label": LABELS[name],
+                              "probes": {k: mean_std([r["probes"][k]["top1"] for r in reference_runs
+                                                      if r["objective"] == name]) for k in QUICK_METRICS}}
+                       for name in dict.fromkeys(r["objective"] for r in reference_runs)},
+        "paired_vs_bootleg": paired_differences(finished + reference_runs, s.metrics),
         "runs": finished, "ran": ran, "skipped": skipped,
         "wall_time_s": {"this_call": round(time.perf_counter() - start, 1),
                         "all_runs": round(sum(r["wall_s"] for r in finished), 1)},
@@ -437,11 +513,11 @@ def paired_differences(runs: list[dict[str, Any]], probes: list[str]) -> dict[st
     encoder, data order and probe subsets, so this removes the between-seed part of the noise."""
     bootleg = {r["seed"]: r for r in runs if r["objective"] == "bootleg"}
     out: dict[str, Any] = {}
-    for r in runs:  # in the order of the plan (objectives, then the random-init baseline)
+    for r in runs:  # in the order of the plan (objectives, the random-init baseline, the reference lines)
         name, seed = r["objective"], r["seed"]
         if name == "bootleg" or seed not in bootleg:
             continue
-        for k in probes:
+        for k in (k for k in probes if k in r["probes"]):  # a reference line has the quick metrics only
             diff = r["probes"][k]["top1"] - bootleg[seed]["probes"][k]["top1"]
             out.setdefault(name, {}).setdefault(k, []).append(diff)
     return {name: {k: {**mean_std(v), "ci95": ci95(v)} for k, v in per.items()} for name, per in out.items()}
@@ -474,51 +550,55 @@ def fmt(stat: dict[str, Any] | None, digits: int = 2, sign: bool = False) -> str
 
 
 def report_markdown(data: dict[str, Any]) -> str:
-    s, probes, summary = data["settings"], data["probes"], data["summary"]
+    s, probes, metrics, summary = data["settings"], data["probes"], data["metrics"], data["summary"]
     n_seeds = len(data["seeds"])
     lines = [f"# Objective ablation: {data['preset']} ({data['depth']} blocks) on {s['dataset']}", "",
              f"Budget per run: {s['steps']} pretraining steps × batch {s['batch_size']} "
              f"({s['steps'] * s['batch_size']} images), warm-up {s['warmup_steps']} steps, recipe `{s['recipe']}`"
              + (f" with {', '.join(f'`{o}`' for o in s['overrides'])}" if s["overrides"] else "")
              + (f", first {s['pretrain_limit']} images" if s["pretrain_limit"] else "") + "; frozen probes "
-             f"{', '.join(probes)}: {s['probe_epochs']} epoch(s) on {s['probe_train']} / {s['probe_test']} images "
-             f"(batch {s['probe_batch_size']}), {len(s['probe_lrs'])}×{len(s['probe_wds'])} lr × wd sweep, best grid "
-             "point. Seeds "
+             f"{', '.join(probes)}: {data['probe_protocol']}, {s['probe_epochs']} epoch(s) on {s['probe_train']} / "
+             f"{s['probe_test']} images (batch {s['probe_batch_size']}, learning rates × {s['probe_lr_scale']:g} = "
+             f"batch / 1024), {len(s['probe_lrs'])}×{len(s['probe_wds'])} lr × wd sweep, best grid point; quick "
+             f"metrics knn ({KNN_DESCRIPTION}) and linear ({LINEAR_DESCRIPTION}) on the teacher's "
+             "pooled output (CLS token, or mean patch token without one), cached for the same images in the "
+             "evaluation view; reference lines: the raw pixels (average-pooled to the patch grid) and each seed's "
+             "initial encoder, on that seed's images. Seeds "
              f"{', '.join(map(str, data['seeds']))}; mean ± sample std over the {n_seeds} seeds. Device: "
              f"{data['device']}, {data['threads']} torch thread(s). Wall time: "
              f"{data['wall_time_s']['all_runs'] / 60:.1f} min over all runs. The final loss is the MSE on each "
              "objective's own targets: it is not comparable across objectives.", "",
-             "| objective | targets | merge | masking | " + " | ".join(f"{k} top-1 %" for k in probes)
+             "| objective | targets | merge | masking | " + " | ".join(f"{k} top-1 %" for k in metrics)
              + " | final loss | pretrain s/run |",
-             "|---" * (6 + len(probes)) + "|"]
-    for name, e in summary.items():
-        if name == RANDOM_INIT:
-            lines.append(f"| {e['label']} | – | – | – | " + " | ".join(fmt(e["probes"][k]) for k in probes)
-                         + " | – | – |")
-        else:
+             "|---" * (6 + len(metrics)) + "|"]
+    for name, e in [*summary.items(), *data["references"].items()]:
+        if name in summary and name != RANDOM_INIT:
             lines.append(f"| {e['label']} | `{e['targets']}` ({e['target_spec']}) | {e['target_merge']} | "
-                         f"{e['mask_mode']} | " + " | ".join(fmt(e["probes"][k]) for k in probes)
+                         f"{e['mask_mode']} | " + " | ".join(fmt(e["probes"][k]) for k in metrics)
                          + f" | {fmt(e['loss_last'], 3)} | {e['pretrain_wall_s']['mean']:.0f} |")
+        else:  # no pretraining: the random-init run and the reference lines (quick metrics only)
+            lines.append(f"| {e['label']} | – | – | – | " + " | ".join(fmt(e["probes"].get(k)) for k in metrics)
+                         + " | – | – |")
     if data["paired_vs_bootleg"]:
         lines += ["", "Difference to Bootleg with the same seed (same initial encoder, data order, masks where the "
                   "masking is shared, probe subsets), mean ± std over seeds, points; † where the 95 % confidence "
                   "interval of the mean difference (Student's t) excludes 0:", "",
-                  "| objective | " + " | ".join(f"Δ {k}" for k in probes) + " |", "|---" * (1 + len(probes)) + "|"]
+                  "| objective | " + " | ".join(f"Δ {k}" for k in metrics) + " |", "|---" * (1 + len(metrics)) + "|"]
         for name, per in data["paired_vs_bootleg"].items():
             cells = []
-            for k in probes:
+            for k in metrics:
                 ci = (per.get(k) or {}).get("ci95")
                 cells.append(fmt(per.get(k), sign=True) + (" †" if ci and (ci[0] > 0 or ci[1] < 0) else ""))
             lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     lines += ["", "Per seed (top-1 %; target std: each target layer's last logged per-channel std over the target "
               "tokens after per-token z-scoring, 1 = diverse targets, near 0 = collapsed teacher):", "",
-              "| objective | seed | " + " | ".join(probes) + " | final loss | target std |",
-              "|---" * (4 + len(probes)) + "|"]
+              "| objective | seed | " + " | ".join(metrics) + " | final loss | target std |",
+              "|---" * (4 + len(metrics)) + "|"]
     for r in sorted(data["runs"], key=lambda r: (list(summary).index(r["objective"]), r["seed"])):
         loss = r["pretrain"].get("loss_last")
         stds = r["pretrain"].get("target_std_last") or {}
         lines.append(f"| {LABELS[r['objective']]} | {r['seed']} | "
-                     + " | ".join(f"{r['probes'][k]['top1']:.2f}" for k in probes)
+                     + " | ".join(f"{r['probes'][k]['top1']:.2f}" for k in metrics)
                      + f" | {'–' if loss is None else f'{loss:.3f}'} | "
                      + (", ".join(f"{name} {v:.2f}" for name, v in stds.items()) or "–") + " |")
     analysed = [n for n, e in summary.items() if "representation" in e]
@@ -542,8 +622,9 @@ def report_markdown(data: dict[str, Any]) -> str:
 
 
 def plot_report(data: dict[str, Any], path: Path) -> None:
-    """Grouped bars (one group per objective, one bar per probe): mean with ± std error bars and the seeds as dots."""
-    summary, probes = data["summary"], data["probes"]
+    """Grouped bars (one group per objective, one bar per probe or quick metric): mean with ± std error bars and the
+    seeds as dots; the raw-pixel reference of each quick metric as a dashed line in its colour."""
+    summary, probes = data["summary"], data["metrics"]
     names = list(summary)
     fig = Figure(figsize=(max(7.0, 1.45 * len(names)), 4.4), layout="constrained")
     FigureCanvasAgg(fig)
@@ -556,7 +637,8 @@ def plot_report(data: dict[str, Any], path: Path) -> None:
         offset = x + (j - (len(probes) - 1) / 2) * width
         means = [summary[n]["probes"][kind]["mean"] for n in names]
         stds = [summary[n]["probes"][kind]["std"] or 0.0 for n in names]
-        bars = ax.bar(offset, means, width * 0.92, yerr=stds, capsize=3, label=f"{kind} probe", color=f"C{j}")
+        label = f"{kind} probe" if kind in data["probes"] else kind
+        bars = ax.bar(offset, means, width * 0.92, yerr=stds, capsize=3, label=label, color=f"C{j}")
         for bar, n in zip(bars, names):
             if n == RANDOM_INIT:  # the baseline: hatched and paler
                 bar.set_hatch("//")
@@ -566,6 +648,10 @@ def plot_report(data: dict[str, Any], path: Path) -> None:
             values = summary[n]["probes"][kind]["values"]
             lows.extend(values)
             ax.scatter(np.full(len(values), xo), values, s=9, color="black", zorder=3)
+        pixels = data["references"][PIXELS]["probes"].get(kind)
+        if pixels:
+            ax.axhline(pixels["mean"], color=f"C{j}", ls="--", lw=0.9, label=f"{kind}: {LABELS[PIXELS]}")
+            lows.append(pixels["mean"])
     floor = max(0.0, 5 * math.floor((min(lows) - 5) / 5))
     ax.set_ylim(floor, min(100.0, max(lows) + 4))
     for offset, means in labels:  # the means, inside the bars near their base (clear of the error bars)
@@ -574,7 +660,7 @@ def plot_report(data: dict[str, Any], path: Path) -> None:
                     color="black" if n == RANDOM_INIT else "white", fontweight="bold")
     ax.set_xticks(x, [LABELS[n].replace(" (", "\n(").replace(", ", ",\n", 1) for n in names], fontsize=7)
     s = data["settings"]
-    ax.set(ylabel="top-1 % (frozen probe)",
+    ax.set(ylabel="top-1 % (frozen encoder)",
            title=f"Objective ablation, {data['preset']} on {s['dataset']}: {s['steps']} steps × {s['batch_size']}, "
                  f"mean ± std over {len(data['seeds'])} seeds")
     ax.title.set_fontsize(9)

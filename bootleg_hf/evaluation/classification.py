@@ -1,10 +1,21 @@
-"""Frozen-encoder classification probes with the paper's protocol (docs/design.md §7).
+"""Frozen-encoder classification probes with the paper's protocol (docs/design.md §7), and the standard quick metrics.
 
 Protocol: cross-entropy, AdamW, per-step linear warm-up from 0 (5 epochs, or half of a shorter run) then cosine to 0
-(`transformers.get_cosine_schedule_with_warmup`); training augmentation RandomResizedCrop(0.3–1) + flip + colour
-jitter 0.4, evaluation on an 87.5 % centre crop. For every probe type a 5 × 5 lr × wd grid ({0.5, 1, 2, 4, 8}e-3
-each) of heads trains simultaneously (`ProbeSweep`), all fed by ONE frozen encoder forward per batch (eval mode, no
-gradients). Like the paper, the best grid point is reported (selected on the evaluation split).
+(`transformers.get_cosine_schedule_with_warmup`, whose factor is exactly 0 at step 0, so the first optimizer step
+moves nothing); training augmentation RandomResizedCrop(0.3–1) + flip + colour jitter 0.4, evaluation on an 87.5 %
+centre crop. For every probe type a 5 × 5 lr × wd grid ({0.5, 1, 2, 4, 8}e-3 each) of heads trains simultaneously
+(`ProbeSweep`), all fed by ONE frozen encoder forward per batch (eval mode, no gradients). Like the paper, the best
+grid point is reported (selected on the evaluation split).
+
+Two budgets (`PROBE_PROTOCOLS`): `paper`, the appendix's (20 epochs at batch 1024), and `quick`, the CPU-sized one
+(10 epochs at batch 256), which every report labels as such. LR rule: the grid's learning rates are the paper's, for
+its batch 1024; a run at batch B trains with lr × B / 1024 (linear scaling), so `quick` at batch 256 uses a quarter
+of each grid value. Explicit epochs / batch size override a protocol's and the report names what was changed.
+
+Quick metrics (`quick_metrics`): weighted kNN top-1 and a converged linear classifier on cached evaluation-view
+features of the encoder (its pooled output: CLS token, or mean patch token without one), next to the same two
+numbers for two reference lines: the raw pixels (average-pooled to the patch grid) and a random-init encoder of the
+same architecture.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
-from ..checkpoints import check_output, load_encoder, save_model_folder
+from ..checkpoints import check_output, load_encoder, random_init, save_model_folder
 from ..configuration_bootleg import PROBE_TYPES, BootlegConfig
 from ..data import EvalTransform, ProbeTrainTransform, load_image_dataset
 from ..precision import use_bf16
@@ -35,8 +46,17 @@ from ..optim import adamw, param_groups
 from ..publishing import results_document
 from ..reports import write_report
 from .common import check_names, default_device, frozen_tokens, report_heading, select_subset, square_size
+from .quick_metrics import KNN_DESCRIPTION, LINEAR_DESCRIPTION, pixel_features, quick_metrics
 
 PROBE_GRID: tuple[float, ...] = (0.5e-3, 1e-3, 2e-3, 4e-3, 8e-3)
+# The budgets of the probe protocols: the paper's appendix, and the CPU-sized one (reports label it "quick protocol")
+PROBE_PROTOCOLS: dict[str, dict[str, int]] = {"paper": {"epochs": 20, "batch_size": 1024, "warmup_epochs": 5},
+                                              "quick": {"epochs": 10, "batch_size": 256, "warmup_epochs": 5}}
+LR_REFERENCE_BATCH = PROBE_PROTOCOLS["paper"]["batch_size"]  # the batch the paper's lr grid is given for
+LR_RULE = f"lr = grid lr × batch / {LR_REFERENCE_BATCH} (linear scaling from the paper's batch {LR_REFERENCE_BATCH})"
+# the reference lines of the quick metrics
+PIXELS = "raw pixels"
+RANDOM_REFERENCE = "random init"
 
 
 class ProbeSweep(nn.Module):
@@ -44,15 +64,17 @@ class ProbeSweep(nn.Module):
 
     Head `i` has hyper-parameters `grid[i] = (lr, wd)` (lr-major order) and its own AdamW param groups in one shared
     optimizer; the summed loss gives each head exactly the gradient of its own loss (the features carry no gradient),
-    so every head trains as it would alone. The schedule is per-step linear warm-up from 0, then cosine to 0.
+    so every head trains as it would alone. The schedule is per-step linear warm-up from 0, then cosine to 0. Head `i`
+    trains with learning rate `lr · lr_scale` (`ProbeSettings.lr_scale`, the LR rule for the batch size).
     """
 
     def __init__(self, kind: str, config: BootlegConfig, num_labels: int, lrs: Sequence[float] = PROBE_GRID,
-                 wds: Sequence[float] = PROBE_GRID, total_steps: int = 1, warmup_steps: int = 0):
+                 wds: Sequence[float] = PROBE_GRID, total_steps: int = 1, warmup_steps: int = 0,
+                 lr_scale: float = 1.0):
         super().__init__()
         self.grid = [(float(lr), float(wd)) for lr in lrs for wd in wds]
         self.heads = nn.ModuleList(build_probe(kind, config, num_labels) for _ in self.grid)
-        groups = [g for head, (lr, wd) in zip(self.heads, self.grid) for g in param_groups(head, wd, lr)]
+        groups = [g for head, (lr, wd) in zip(self.heads, self.grid) for g in param_groups(head, wd, lr * lr_scale)]
         self.optimizer = adamw(groups, lr=self.grid[0][0])
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup_steps, total_steps)
 
@@ -77,24 +99,28 @@ class ProbeSweep(nn.Module):
         self.scheduler.step()
         return losses.detach()
 
-    @torch.no_grad()
     def num_correct(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Correct top-1 predictions per head `[K]` on one batch (eval mode)."""
         self.eval()
-        return (self(tokens).argmax(-1) == labels).sum(1)
+        with torch.no_grad():  # not the decorator: `make mutation` (mutmut) skips decorated functions
+            return (self(tokens).argmax(-1) == labels).sum(1)
 
 
 @dataclass
 class ProbeSettings:
-    """What `run_probes` trains: probe types, budget (epochs, batch, subset sizes), the lr × wd grid, warm-up (default
-    5 epochs, or `epochs // 2` below 10 epochs so short runs reach their cosine phase), which encoder weights of a
-    pretraining folder, the test split, seed, data-loader workers, device (default: GPU if any) and the frozen
-    encoder's precision while the heads train (`auto`: bf16 autocast where bf16 matmuls are native; the heads train
-    in float32, and the test split is always encoded in float32, as a saved classifier runs)."""
+    """What `run_probes` trains: probe types, the protocol (`paper` or `quick`, `PROBE_PROTOCOLS`) and its budget
+    (epochs and batch: the protocol's unless given; subset sizes), the lr × wd grid (learning rates scaled by
+    `lr_scale` for the batch), warm-up (default 5 epochs, or `epochs // 2` below 10 epochs so short runs reach their
+    cosine phase), which encoder weights of a pretraining folder, the test split, seed, data-loader workers, device
+    (default: GPU if any), the frozen encoder's precision while the heads train (`auto`: bf16 autocast where bf16
+    matmuls are native; the heads train in float32, and the test split is always encoded in float32, as a saved
+    classifier runs), whether to add the quick metrics (kNN and linear top-1 on cached features, float32) and, with
+    them, the reference lines (raw pixels, a random-init encoder of the same architecture seeded with `seed`)."""
 
     probes: Sequence[str] = PROBE_TYPES
-    epochs: int = 10
-    batch_size: int = 256
+    protocol: str = "quick"
+    epochs: int | None = None
+    batch_size: int | None = None
     limit_train: int | None = None
     limit_test: int | None = None
     lrs: Sequence[float] = PROBE_GRID
@@ -106,14 +132,36 @@ class ProbeSettings:
     num_workers: int = 1
     device: str | None = None
     precision: str = "auto"
+    quick_metrics: bool = True
+    references: bool = True
 
     def __post_init__(self) -> None:
         use_bf16(self.precision, "cpu")  # validates the name
         self.probes = check_names(self.probes, PROBE_TYPES, "probe types")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        own = PROBE_PROTOCOLS.get(self.protocol)
+        if own is None:
+            raise ValueError(f"unknown probe protocol {self.protocol!r}; choose from {tuple(PROBE_PROTOCOLS)}")
+        self.epochs = own["epochs"] if self.epochs is None else self.epochs
+        self.batch_size = own["batch_size"] if self.batch_size is None else self.batch_size
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch size must be at least 1, got {self.epochs} and {self.batch_size}")
         if self.warmup_epochs is None:
-            self.warmup_epochs = min(5, self.epochs // 2)
+            self.warmup_epochs = min(own["warmup_epochs"], self.epochs // 2)
+
+    @property
+    def lr_scale(self) -> float:
+        """The LR rule (`LR_RULE`): the factor `batch_size / 1024` applied to every learning rate of the grid."""
+        return self.batch_size / LR_REFERENCE_BATCH
+
+    @property
+    def protocol_label(self) -> str:
+        """`"<protocol> protocol"`, followed by what differs from it (budget or grid), e.g. `"quick protocol (epochs 3
+        instead of 10, warmup epochs 1 instead of 5)"`."""
+        changed = [f"{name.replace('_', ' ')} {getattr(self, name)} instead of {value}"
+                   for name, value in PROBE_PROTOCOLS[self.protocol].items() if getattr(self, name) != value]
+        changed += [f"{name} grid {list(map(float, grid))}" for name, grid in (("lr", self.lrs), ("wd", self.wds))
+                    if list(map(float, grid)) != list(PROBE_GRID)]
+        return f"{self.protocol} protocol" + (f" ({', '.join(changed)})" if changed else "")
 
 
 def class_names(ds: datasets.Dataset) -> list[str]:
@@ -164,6 +212,53 @@ def train_sweeps(encoder: BootlegModel, sweeps: dict[str, ProbeSweep], loader, e
 
 
 @torch.no_grad()
+def cached_features(encoders: dict[str, BootlegModel], ds: datasets.Dataset, pixel_grid: tuple[int, int] | None,
+                    s: ProbeSettings, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One float32 pass over `ds` (its transform attached): each named encoder's pooled output `[N, D]`
+    (`pooler_output`: the CLS token after the final LayerNorm, or the mean patch token without a CLS token) and, with
+    `pixel_grid`, the raw pixels (`PIXELS`: `pixel_features`, `[N, C · h · w]`) → (`{name: features}`, labels `[N]`)."""
+    loader = make_loader(ds, s.batch_size, False, s.num_workers, s.seed, device.type == "cuda")
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in [*encoders, *([PIXELS] if pixel_grid else [])]}
+    labels = []
+    for batch in loader:
+        pixel_values = batch["pixel_values"].to(device)
+        for name, encoder in encoders.items():
+            features[name].append(encoder(pixel_values).pooler_output.float().cpu())
+        if pixel_grid:
+            features[PIXELS].append(pixel_features(pixel_values, pixel_grid).cpu())
+        labels.append(batch["label"])
+    return {name: torch.cat(f) for name, f in features.items()}, torch.cat(labels)
+
+
+def quick_metric_results(encoders: dict[str, BootlegModel], train: datasets.Dataset, test: datasets.Dataset,
+                         num_classes: int, s: ProbeSettings, device: torch.device,
+                         pixels: bool = True) -> dict[str, Any]:
+    """The quick metrics (`quick_metrics.quick_metrics`: kNN and linear top-1 in %) of each named frozen encoder and,
+    with `pixels`, of the raw pixels (`PIXELS`), on features of `train` / `test` cached in memory in the evaluation
+    view (the 87.5 % centre crop the test split is scored with; no augmentation). The encoders share one architecture.
+    Returns `{"feature", "pixels", "knn", "linear", "rows": {name: {"dim", "knn_top1", "linear_top1", "linear"}}}`,
+    the first four describing what was measured."""
+    config = next(iter(encoders.values())).config
+    transform = EvalTransform(square_size(config), crop_fraction=0.875)
+    grid = config.grid_size if pixels else None
+    train_features, train_labels = cached_features(encoders, train.with_transform(transform), grid, s, device)
+    test_features, test_labels = cached_features(encoders, test.with_transform(transform), grid, s, device)
+    rows = {name: quick_metrics(train_features[name], train_labels, test_features[name], test_labels, num_classes,
+                                s.seed) for name in train_features}
+    feature = ("CLS token" if config.use_cls_token else "mean patch token") + " after the final LayerNorm"
+    pixel_text = (f"the evaluation view average-pooled to the {grid[0]}×{grid[1]} patch grid "
+                  f"({rows[PIXELS]['dim']} values)") if pixels else None
+    return {"feature": feature, "pixels": pixel_text, "knn": KNN_DESCRIPTION, "linear": LINEAR_DESCRIPTION,
+            "rows": rows}
+
+
+def probe_splits(dataset: str | datasets.DatasetDict, s: ProbeSettings) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The train and test images `run_probes` uses: seeded subsets of `limit_train` / `limit_test` images."""
+    return (select_subset(load_image_dataset(dataset, "train"), s.limit_train, s.seed),
+            select_subset(load_image_dataset(dataset, s.test_split), s.limit_test, s.seed))
+
+
+@torch.no_grad()
 def top1(encoder: BootlegModel, sweeps: dict[str, ProbeSweep], loader, device: torch.device) -> dict[str, torch.Tensor]:
     """Top-1 accuracy in % of every head `{type: [K]}` on `loader`, the encoder in float32: the reported scores are
     what the saved classifier gives in a float32 pipeline (the heads may have trained on bf16 features)."""
@@ -182,7 +277,10 @@ def run_probes(model: str | os.PathLike | BootlegModel,
                dataset: str | datasets.DatasetDict = "fashion-mnist", settings: ProbeSettings | None = None,
                out: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train the lr × wd sweep of every probe type on a frozen encoder (`model`: anything `load_encoder` takes) and
-    return the results: per type the full grid (`top1` in %, final-epoch `train_loss`) and the best point.
+    return the results: the protocol (`protocol`, `protocol_label`, the budget actually used, `lr_scale`), per type the
+    full grid (`top1` in %, final-epoch `train_loss`, `lr` as in the grid and `lr_applied` = lr × `lr_scale`) and the
+    best point, and (`settings.quick_metrics`) `quick_metrics`: kNN and linear top-1 of the encoder (row `encoder`)
+    and of the reference lines `raw pixels` and `random init` (`settings.references`), see `quick_metric_results`.
 
     With `out`, also writes `probe_results.json` (the `bootleg-results/1` document of these results, see
     `bootleg_hf.publishing.read_results`) / `.md`, the best head of each type (`heads/<type>.safetensors`, with its
@@ -198,8 +296,7 @@ def run_probes(model: str | os.PathLike | BootlegModel,
     encoder = load_encoder(model, s.weights).requires_grad_(False).to(device)
     config = encoder.config
     size = square_size(config)
-    train = select_subset(load_image_dataset(dataset, "train"), s.limit_train, s.seed)
-    test = select_subset(load_image_dataset(dataset, s.test_split), s.limit_test, s.seed)
+    train, test = probe_splits(dataset, s)
     label_names = class_names(train)
     train.set_transform(ProbeTrainTransform(size, scale=(0.3, 1.0), jitter=0.4))
     test.set_transform(EvalTransform(size, crop_fraction=0.875))  # what `make_image_processor` saves
@@ -210,24 +307,35 @@ def run_probes(model: str | os.PathLike | BootlegModel,
     for kind in s.probes:
         torch.manual_seed(s.seed)
         sweeps[kind] = ProbeSweep(kind, config, len(label_names), s.lrs, s.wds, s.epochs * len(train_loader),
-                                  s.warmup_epochs * len(train_loader)).to(device)
+                                  s.warmup_epochs * len(train_loader), s.lr_scale).to(device)
     losses, timings = train_sweeps(encoder, sweeps, train_loader, s.epochs, device, s.precision)
     accuracy = top1(encoder, sweeps, test_loader, device)
+    quick = None
+    if s.quick_metrics:
+        tick = time.perf_counter()
+        encoders = {"encoder": encoder}
+        if s.references:
+            encoders[RANDOM_REFERENCE] = random_init(config, s.seed).eval().requires_grad_(False).to(device)
+        quick = quick_metric_results(encoders, train, test, len(label_names), s, device, pixels=s.references)
+        timings["quick_metrics_s"] = time.perf_counter() - tick
 
     results: dict[str, Any] = {
         "model": os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__,
         "weights": s.weights,
         "dataset": dataset if isinstance(dataset, str) else "custom", "split": s.test_split, "num_train": len(train),
-        "num_test": len(test), "image_size": size, "labels": label_names, "epochs": s.epochs,
-        "warmup_epochs": s.warmup_epochs, "batch_size": s.batch_size, "lrs": list(s.lrs), "wds": list(s.wds),
-        "seed": s.seed, "probes": {},
+        "num_test": len(test), "image_size": size, "labels": label_names, "protocol": s.protocol,
+        "protocol_label": s.protocol_label, "epochs": s.epochs, "warmup_epochs": s.warmup_epochs,
+        "batch_size": s.batch_size, "lr_rule": LR_RULE, "lr_scale": s.lr_scale, "lrs": list(s.lrs),
+        "wds": list(s.wds), "seed": s.seed, "probes": {},
     }
     for kind, sweep in sweeps.items():
-        grid = [{"lr": lr, "weight_decay": wd, "top1": float(a), "train_loss": float(loss)}
-                for (lr, wd), a, loss in zip(sweep.grid, accuracy[kind], losses[kind])]
+        grid = [{"lr": lr, "lr_applied": lr * s.lr_scale, "weight_decay": wd, "top1": float(a),
+                 "train_loss": float(loss)} for (lr, wd), a, loss in zip(sweep.grid, accuracy[kind], losses[kind])]
         best = int(accuracy[kind].argmax())
         results["probes"][kind] = {"best": {**grid[best], "index": best}, "grid": grid}
     results["best_probe"] = max(results["probes"], key=lambda k: results["probes"][k]["best"]["top1"])
+    if quick is not None:
+        results["quick_metrics"] = quick
     timings["total_s"] = time.perf_counter() - start
     results["wall_time_s"] = {k: round(v, 2) for k, v in timings.items()}
     if out is not None:
@@ -246,7 +354,7 @@ def save_probe_outputs(results: dict[str, Any], sweeps: dict[str, ProbeSweep], e
         results["heads"][kind] = f"heads/{kind}.safetensors"
         save_file(state, out / results["heads"][kind],
                   metadata={"probe_type": kind, "num_labels": str(len(label_names)), "labels": json.dumps(label_names),
-                            **{k: str(best[k]) for k in ("lr", "weight_decay", "top1")}})
+                            **{k: str(best[k]) for k in ("lr", "lr_applied", "weight_decay", "top1")}})
     kind = results["best_probe"]
     best_head = sweeps[kind].heads[results["probes"][kind]["best"]["index"]].state_dict()
     classifier = BootlegForImageClassification.from_encoder(encoder, best_head, id2label=label_names, probe_type=kind)
@@ -254,14 +362,34 @@ def save_probe_outputs(results: dict[str, Any], sweeps: dict[str, ProbeSweep], e
     write_report(out, "probe_results", results_document(classification=results), probe_markdown(results))
 
 
+def quick_markdown(quick: dict[str, Any], row_labels: dict[str, str] | None = None) -> list[str]:
+    """The quick-metrics table of `quick_metric_results`' output, one row per feature set (named by `row_labels`
+    where given), with what was measured above it."""
+    lines = [f"Quick metrics on cached evaluation-view features (no augmentation): {quick['knn']}, and a linear "
+             f"classifier, {quick['linear']}. Encoder feature: the {quick['feature']}"
+             + (f"; raw pixels: {quick['pixels']}" if quick["pixels"] else "") + ".", "",
+             "| features | dim | kNN top-1 % | linear top-1 % | linear L2 | largest gradient entry at the end |",
+             "|---" * 6 + "|"]
+    for name, r in quick["rows"].items():
+        linear = r["linear"]
+        note = "" if linear["converged"] else " (not converged)"
+        lines.append(f"| {(row_labels or {}).get(name, name)} | {r['dim']} | {r['knn_top1']:.2f} | "
+                     f"{r['linear_top1']:.2f}{note} | {linear['l2']:g} | {linear['grad_max']:.1e} |")
+    return lines
+
+
 def probe_markdown(results: dict[str, Any]) -> str:
-    """Best top-1 per probe type, then each type's full lr × wd grid."""
-    protocol = (f"{results['epochs']} epochs ({results['warmup_epochs']} warm-up), batch {results['batch_size']}, "
-                f"{len(results['lrs'])}×{len(results['wds'])} lr × wd grid")
+    """Best top-1 per probe type, the quick metrics with their reference lines, then each type's lr × wd grid."""
+    protocol = (f"{results['protocol_label']}: {results['epochs']} epochs ({results['warmup_epochs']} warm-up), "
+                f"batch {results['batch_size']}, {len(results['lrs'])}×{len(results['wds'])} lr × wd grid, "
+                f"{results['lr_rule']}: × {results['lr_scale']:g} here")
     lines = report_heading("Frozen probes", results, protocol) + ["| probe | top-1 % | lr | wd |", "|---|---|---|---|"]
     for kind, r in results["probes"].items():
         b = r["best"]
         lines.append(f"| {kind} | {b['top1']:.2f} | {b['lr']:g} | {b['weight_decay']:g} |")
+    if "quick_metrics" in results:
+        lines += ["", *quick_markdown(results["quick_metrics"], {"encoder": "this encoder",
+                                                                 RANDOM_REFERENCE: "random init, same architecture"})]
     for kind, r in results["probes"].items():
         lines += ["", f"## {kind}: top-1 % (rows lr, columns wd)", "",
                   "| lr \\ wd | " + " | ".join(f"{wd:g}" for wd in results["wds"]) + " |",
@@ -272,4 +400,5 @@ def probe_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["PROBE_GRID", "ProbeSweep", "ProbeSettings", "run_probes", "probe_markdown", "class_names"]
+__all__ = ["PROBE_GRID", "PROBE_PROTOCOLS", "LR_RULE", "PIXELS", "RANDOM_REFERENCE", "ProbeSweep", "ProbeSettings",
+           "run_probes", "probe_markdown", "quick_markdown", "quick_metric_results", "probe_splits", "class_names"]
