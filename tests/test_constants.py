@@ -199,6 +199,18 @@ def test_masking_defaults_are_the_documented_ones():
 
 
 # ---- recipes ---------------------------------------------------------------------------------------------------------
+def test_the_56px_recipe_is_vit_micro_at_the_papers_14x14_grid():
+    """`vit-micro-56` differs from `vit-micro` only in the image size: 56 px at patch 4 is the paper's 14×14 grid
+    (224 / 16), where the masker draws the paper's rectangles (n = int(196·s) tokens, s in [0.16, 0.183])."""
+    micro, grid14 = load_recipe("vit-micro"), load_recipe("vit-micro-56")
+    assert grid14["data"].pop("image_size") == 56 and micro["data"].pop("image_size") == 32
+    assert grid14 == micro
+    config = build_config(load_recipe("vit-micro-56"))
+    assert config.grid_size == (14, 14) and config.patch_size == 4
+    gen = MaskGenerator.from_config(config)
+    sizes = {MaskGenerator.from_config(config).generate(4, batch_index=i).target_indices.shape[2] for i in range(60)}
+    assert gen.grid == (14, 14) and sizes <= set(range(int(196 * 0.16) - 2, int(196 * 0.183) + 3)) and len(sizes) > 1
+
 
 
 # recipe → (lr_init, lr_max, lr_final) as the shipped YAML files state them
