@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 import torch.nn.functional as F
 from conftest import tiny_config
 
@@ -287,6 +288,55 @@ def test_resuming_a_finished_run_trains_no_further_step(tmp_path, length):
     assert again.state.global_step == 4
     for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+class OptimizerSpy(TrainerCallback):
+    """Records, before each optimizer step, the step and every param group's (lr, weight_decay, decay flag), and the
+    mask collator's epoch."""
+
+    def __init__(self, collator):
+        self.groups, self.epochs, self.collator = [], [], collator
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.groups.append([(g["lr"], g["weight_decay"], g.get("decay", False)) for g in optimizer.param_groups])
+        self.epochs.append(self.collator.epoch)
+
+
+def test_every_step_applies_the_scheduled_lr_and_weight_decay_and_the_epoch(tmp_path):
+    """The schedules reach the optimizer, written out independently: at step k the LR is lr_init → lr_max (linear,
+    warm-up) → lr_final (cosine), times global batch / 2048; decayed groups get the cosine from wd_init to wd_final
+    (I-JEPA's rising decay here), the others 0. Each epoch's masks are seeded with that epoch."""
+    trainer = make_trainer(tmp_path, 16, scale_lr_by_batch=True, warmup_steps=4, lr_init=1e-4, lr_max=3e-3,
+                           lr_final=1e-5, wd_init=0.04, wd_final=0.4)
+    spy = OptimizerSpy(trainer.data_collator)
+    trainer.add_callback(spy)
+    trainer.train()
+    assert len(spy.groups) == 16 and spy.epochs == [0] * 8 + [1] * 8  # 64 images, batch 8: 8 steps per epoch
+    for k, groups in enumerate(spy.groups):
+        if k < 4:
+            lr = 1e-4 + (3e-3 - 1e-4) * k / 4
+        else:
+            lr = 1e-5 + (3e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * (k - 4) / 12))
+        wd = 0.4 + (0.04 - 0.4) * 0.5 * (1 + math.cos(math.pi * k / 16))
+        assert {decay for _, _, decay in groups} == {True, False}
+        for group_lr, group_wd, decay in groups:
+            assert group_lr == pytest.approx(lr * 8 / 2048, rel=1e-9), k
+            assert group_wd == (pytest.approx(wd, rel=1e-9) if decay else 0.0), k
+
+
+@pytest.mark.parametrize("fn,args,expected", [
+    ("learning_rate_at", (25, 20, 5, 1e-4, 3e-3, 1e-5), 1e-5),  # past the end: stays at lr_final
+    ("learning_rate_at", (6, 6, 5, 1e-4, 3e-3, 1e-5), 1e-5),  # one step after warm-up: the cosine's end
+    ("weight_decay_at", (30, 20, 0.04, 0.4), 0.4),
+    ("weight_decay_at", (1, 1, 0.04, 0.4), 0.4),
+    ("momentum_at", (30, 20, 0.99, 1.0), 1.0),
+    ("momentum_at", (1, 1, 0.99, 1.0), 1.0),
+])
+def test_schedules_end_where_they_should(fn, args, expected):
+    """The schedules reach their end value at the last step and stay there (e.g. a resumed run that was extended)."""
+    from bootleg_hf import trainer as trainer_module
+
+    assert getattr(trainer_module, fn)(*args) == pytest.approx(expected, rel=1e-12)
 
 
 def test_a_half_written_checkpoint_left_by_a_kill_is_cleared_before_the_next_save(tmp_path):
