@@ -339,6 +339,24 @@ def test_schedules_end_where_they_should(fn, args, expected):
     assert getattr(trainer_module, fn)(*args) == pytest.approx(expected, rel=1e-12)
 
 
+def test_checkpoints_rotate_to_the_save_total_limit(tmp_path):
+    """`save_total_limit` keeps the newest checkpoints (the atomic save renames before rotating)."""
+    make_trainer(tmp_path, 4, save_strategy="steps", save_steps=1, save_total_limit=2).train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_adamw_is_fused_for_float_parameters_on_one_device_type():
+    """The optimizer is torch's fused AdamW (one kernel for all parameters) when it can be: float parameters on
+    one device type; otherwise the foreach implementation."""
+    from bootleg_hf.optim import adamw, param_groups
+
+    model = torch.nn.Linear(4, 4)
+    fused = adamw(param_groups(model, 0.05), lr=1e-3).defaults
+    assert fused["fused"] is True and not fused["foreach"]
+    elsewhere = adamw([{"params": [torch.nn.Parameter(torch.zeros(2, device="meta"))]}], lr=1e-3).defaults
+    assert not elsewhere["fused"] and elsewhere["foreach"] is True
+
+
 def test_a_half_written_checkpoint_left_by_a_kill_is_cleared_before_the_next_save(tmp_path):
     """What a killed save left in the staging folder never ends up in a checkpoint (the kill itself:
     tests/test_reliability.py::test_kill_during_a_checkpoint_write_resumes_from_the_last_complete_one)."""
