@@ -92,13 +92,26 @@ def score(statuses: dict[str, str], patterns: list[str]) -> dict:
     for n in names:
         counts[statuses[n]] = counts.get(statuses[n], 0) + 1
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    checked = len(names) - counts.get("not checked", 0)
     return {"mutants": len(names), "killed": killed, "counts": counts,
             "score": round(100 * killed / len(names), 1) if names else None,
+            "checked_score": round(100 * killed / checked, 1) if checked else None,
             "not_killed": sorted(n for n in names if statuses[n] not in ("killed", "timeout"))}
 
 
 def function_of(mutant: str) -> str:
     return re.sub(r"__mutmut_\d+$", "", mutant)
+
+
+def run(patterns: list[str], resume: bool) -> None:
+    """A fresh mutmut run of the core mutants, or (`resume`) of those an earlier run in mutants/ has not killed."""
+    if resume and (ROOT / "mutants").is_dir():
+        todo = score(read_statuses(), patterns)["not_killed"]
+        if todo:  # named explicitly, mutmut runs them whatever their earlier result
+            mutmut("run", *todo)
+    else:
+        shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # mutmut's scratch copy, never a user's file
+        mutmut("run", *patterns)
 
 
 def main() -> None:
@@ -108,26 +121,24 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="keep the results of the run in mutants/ and run only the core mutants it has not "
                              "killed (not yet run, survived, no tests): after an interruption or new tests")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the score of the results in mutants/ (e.g. of an interrupted run)")
     args = parser.parse_args()
     groups = {g: CORE[g] for g in (args.only or CORE)}
     patterns = [p for group in groups.values() for p in group]
     tick = time.perf_counter()
-    if args.resume and (ROOT / "mutants").is_dir():
-        todo = score(read_statuses(), patterns)["not_killed"]
-        if todo:  # named explicitly, mutmut runs them whatever their earlier result
-            mutmut("run", *todo)
-    else:
-        shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # mutmut's scratch copy, never a user's file
-        mutmut("run", *patterns)
+    if not args.report_only:
+        run(patterns, args.resume)
     seconds = time.perf_counter() - tick
     statuses = read_statuses()
-    result = {"tool": "mutmut", "seconds": round(seconds), "resumed": args.resume, "groups": {g: score(statuses, p) for g, p in groups.items()},
-              "total": score(statuses, [p for patterns in groups.values() for p in patterns]),
+    result = {"tool": "mutmut", "seconds": round(seconds), "resumed": args.resume, "report_only": args.report_only,
+              "groups": {g: score(statuses, p) for g, p in groups.items()}, "total": score(statuses, patterns),
               "machine": machine_info()}
     write_json(result, args.out)
-    print(f"\nmutation score (killed / generated) in {seconds / 60:.0f} min:")
+    print(f"\nmutation score (killed / generated; of the checked ones) after {seconds / 60:.0f} min:")
     for group, s in [*result["groups"].items(), ("TOTAL", result["total"])]:
-        print(f"  {group:22s} {s['killed']:5d} / {s['mutants']:5d}  {s['score']}%  {s['counts']}")
+        print(f"  {group:22s} {s['killed']:5d} / {s['mutants']:5d}  {s['score']}%; {s['checked_score']}%  "
+              f"{s['counts']}")
     survivors: dict[str, int] = {}
     for name in result["total"]["not_killed"]:
         survivors[function_of(name)] = survivors.get(function_of(name), 0) + 1

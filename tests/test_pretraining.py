@@ -351,6 +351,8 @@ def test_adamw_is_fused_for_float_parameters_on_one_device_type():
     from bootleg_hf.optim import adamw, param_groups
 
     model = torch.nn.Linear(4, 4)
+    assert all("lr" not in g for g in param_groups(model, 0.05))  # the optimizer's lr, unless a group's is given
+    assert [g["lr"] for g in param_groups(model, 0.05, lr=2e-3)] == [2e-3, 2e-3]
     fused = adamw(param_groups(model, 0.05), lr=1e-3).defaults
     assert fused["fused"] is True and not fused["foreach"]
     elsewhere = adamw([{"params": [torch.nn.Parameter(torch.zeros(2, device="meta"))]}], lr=1e-3).defaults
