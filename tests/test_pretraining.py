@@ -19,7 +19,7 @@ from bootleg_hf import (
     NonFiniteLossError,
     TargetSpec,
 )
-from bootleg_hf.targets import TargetTerm
+from bootleg_hf.targets import TargetTerm, merge_targets, zscore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,24 @@ def test_target_spec_kinds_specials_and_dims():
     assert TargetSpec.parse("3.mid", 4).deepest_block == 3
 
 
+def test_target_spec_edge_cases():
+    """A range may hold one block; spaces are ignored; a single term merges to itself, also with `average` (pixels
+    alone included: only pixels next to feature terms cannot be averaged)."""
+    assert [t.block for t in TargetSpec.parse("2:1:2", 6).terms] == [2] == [t.block for t in
+                                                                              TargetSpec.parse("2-2", 6).terms]
+    assert TargetSpec.parse(" 1 : 2 : 6 , final ", 6).terms == TargetSpec.parse("1:2:6,final", 6).terms
+    assert TargetSpec.parse("pixels", 6, merge="average").target_dim(32, 8, 3) == 192
+    assert TargetSpec.parse("2", 6, merge="average").target_dim(32, 8, 3) == 32
+    x = zscore(torch.randn(2, 5, 16))
+    assert merge_targets([x], "concat") is x
+    torch.testing.assert_close(merge_targets([x], "average"), x, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("spec,merge,message", [
+    ("1:0:6", "concat", "needs step >= 1 and end >= start"),
+    ("5:1:3", "concat", "needs step >= 1 and end >= start"),
+    ("5-3", "concat", "has end < start"),
+    ("pixels,2", "average", "cannot mix"),
     ("13", "concat", "outside the encoder's blocks 1..12"),
     ("1:4:16", "concat", r"\[16\]"),
     ("0", "concat", "outside"),
