@@ -65,6 +65,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
             width (`intermediate_size` defaults to `mlp_ratio · hidden_size`).
         image_size, patch_size, num_channels: input geometry; the patch grid is `image_size / patch_size`.
         num_register_tokens: register tokens after CLS. use_cls_token: prepend a CLS token.
+        drop_path_rate: stochastic depth of the encoder's blocks in training, linear from 0 (first block) to this
+            rate (last), as timm's `drop_path_rate`; 0 (default) for pretraining and probes, set for fine-tuning.
         position_embedding_type: `"sincos"` (default, Bootleg's and I-JEPA's): the fixed 2-D sin-cos table on the
             patches, regenerated for any grid, no weights; `"learned"`: a trained table `embeddings.pos_embed`
             `[1, N (+ CLS + registers), D]` (timm's standard ViTs), resized for other grids as timm does.
@@ -89,6 +91,7 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
+    drop_path_rate: float | int = 0.0
     initializer_range: float = 0.02
     image_size: int | list[int] | tuple[int, int] = 224
     patch_size: int = 16
@@ -193,6 +196,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
         for name in ("ema_start", "ema_end"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
         if self.mask_mode not in MASK_MODES:

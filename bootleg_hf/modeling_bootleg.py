@@ -261,16 +261,35 @@ class BlockOutput(NamedTuple):
     weights: torch.Tensor | None
 
 
-class BootlegBlock(GradientCheckpointingLayer):
-    """Pre-LN transformer block: `x + attn(LN(x))`, then `+ mlp(LN(·))`. Also used by the predictor at its width."""
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth of a residual branch `x [B, ...]`: in training, each sample's branch is zeroed with
+    probability `rate` and the kept ones are scaled by 1 / (1 − rate), one Bernoulli draw per sample (timm's
+    `drop_path` with `scale_by_keep=True`, drawing from the RNG in the same order); the identity at inference."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * (mask / keep if keep > 0 else mask)
 
-    def __init__(self, config: BootlegConfig, hidden_size: int | None = None, num_heads: int | None = None):
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Per-block stochastic-depth rates: linear from 0 (first block) to `rate` (last), as timm's ViT spaces them."""
+    return torch.linspace(0, rate, depth).tolist()
+
+
+class BootlegBlock(GradientCheckpointingLayer):
+    """Pre-LN transformer block: `x + attn(LN(x))`, then `+ mlp(LN(·))`. Also used by the predictor at its width.
+    `drop_path` is the block's stochastic-depth rate on both residual branches (training only)."""
+
+    def __init__(self, config: BootlegConfig, hidden_size: int | None = None, num_heads: int | None = None,
+                 drop_path: float = 0.0):
         super().__init__()
         d = hidden_size or config.hidden_size
         self.norm1 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.attn = BootlegAttention(config, d, num_heads)
         self.norm2 = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.mlp = BootlegMlp(config, d, int(d * config.intermediate_size / config.hidden_size))
+        self.drop_path = drop_path
 
     def __call__(self, x: torch.Tensor, output_attentions: bool = False) -> BlockOutput:
         out = super().__call__(x, output_attentions)
@@ -278,10 +297,12 @@ class BootlegBlock(GradientCheckpointingLayer):
         return out if isinstance(out, BlockOutput) else BlockOutput(*out)
 
     def forward(self, x: torch.Tensor, output_attentions: bool = False) -> BlockOutput:
-        """`x [B, N, D]` → `BlockOutput` of `[B, N, D]` tensors (and the attention weights on request)."""
+        """`x [B, N, D]` → `BlockOutput` of `[B, N, D]` tensors (and the attention weights on request); `attn` and
+        `mlp` are the branches after stochastic depth, so `mid = x + attn` and `out = mid + mlp` always hold."""
         attn, weights = self.attn(self.norm1(x), output_attentions)
+        attn = drop_path(attn, self.drop_path, self.training)
         mid = x + attn
-        mlp = self.mlp(self.norm2(mid))
+        mlp = drop_path(self.mlp(self.norm2(mid)), self.drop_path, self.training)
         return BlockOutput(mid + mlp, attn, mid, mlp, weights)
 
 
@@ -385,7 +406,8 @@ class BootlegModel(BootlegPreTrainedModel):
     def __init__(self, config: BootlegConfig):
         super().__init__(config)
         self.embeddings = BootlegEmbeddings(config)
-        self.blocks = nn.ModuleList(BootlegBlock(config) for _ in range(config.num_hidden_layers))
+        self.blocks = nn.ModuleList(BootlegBlock(config, drop_path=rate)
+                                    for rate in drop_path_rates(config.drop_path_rate, config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
@@ -504,4 +526,5 @@ BootlegConfig.register_for_auto_class()
 BootlegModel.register_for_auto_class("AutoModel")
 BootlegBackbone.register_for_auto_class("AutoBackbone")
 
-__all__ = ["BootlegPreTrainedModel", "BootlegModel", "BootlegBackbone", "sincos_position_embedding"]
+__all__ = ["BootlegPreTrainedModel", "BootlegModel", "BootlegBackbone", "sincos_position_embedding", "drop_path",
+           "drop_path_rates"]
