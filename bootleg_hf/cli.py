@@ -127,6 +127,51 @@ folder that holds a run is refused unless --resume or --overwrite is given; two 
     return 0
 
 
+def finetune_main(argv: Sequence[str] | None = None) -> int:
+    from .finetuning import FinetuneSettings, available_finetune_recipes, load_finetune_recipe, run_finetune
+
+    p = _parser("""Fine-tune a Bootleg encoder end to end with the Trainer (full, low-shot, LoRA or dense protocol).
+
+    bootleg-finetune --recipe vit-micro-full --model runs/micro/encoder --output-dir runs/ft
+    bootleg-finetune --recipe training/recipes/finetune/vit-micro-lora.yaml --model random:vit-micro ...
+    bootleg-finetune --recipe vit-micro-upernet --model runs/micro/encoder --dataset mosaic ...
+
+Writes <output-dir>/model (the fine-tuned model and its image processor, for pipeline(...); LoRA merged), Trainer
+checkpoints, finetune_results.json / .md, recipe.yaml, and low_shot_split.json (lowshot) or adapter/ (lora). A
+non-empty output folder is refused unless --overwrite (or --resume) is given.""")
+    p.add_argument("--recipe", required=True, help=f"a YAML file or one of the shipped fine-tuning recipes "
+                                                   f"{available_finetune_recipes()}")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--weights", choices=("teacher", "student"), default="teacher",
+                   help="which encoder of a pretraining checkpoint")
+    p.add_argument("--dataset", default=None, help=f"classification: {DATASET_HELP} (default fashion-mnist); dense: "
+                                                   f"{SEGMENTATION_DATASET_HELP} (default mosaic)")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--output-dir", required=True)
+    _add_set(p)
+    p.add_argument("--limit", type=_positive, help="training images (a seeded subset, before a low-shot split)")
+    p.add_argument("--eval-limit", type=_positive, help="test images (a seeded subset)")
+    p.add_argument("--low-shot-split", help="reuse the low_shot_split.json of an earlier run")
+    p.add_argument("--max-steps", type=_positive, help="training steps (overrides the recipe's epochs)")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    run.add_argument("--overwrite", action="store_true", help="replace what --output-dir holds")
+    a = p.parse_args(argv)
+    recipe = load_finetune_recipe(a.recipe, a.overrides)
+    dataset = a.dataset or ("mosaic" if recipe.task == "segmentation" else "fashion-mnist")
+    results = run_finetune(recipe, FinetuneSettings(
+        model=a.model, output_dir=a.output_dir, dataset=dataset, weights=a.weights, limit=a.limit,
+        eval_limit=a.eval_limit, test_split=a.test_split, low_shot_split=a.low_shot_split, max_steps=a.max_steps,
+        seed=a.seed, num_workers=a.num_workers, resume=a.resume, overwrite=a.overwrite))
+    best = next(iter(results["probes"].values()))["best"]
+    key = "top1" if recipe.task == "classification" else "miou"
+    print(f"{results['protocol']}: {key} {best['initial_' + key]:.2f} before, {best[key]:.2f} after "
+          f"{best['steps']} steps; saved {a.output_dir}/model")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------------------------

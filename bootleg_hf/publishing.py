@@ -358,12 +358,18 @@ def encoder_weights(probe_results: Mapping[str, Any] | Sequence[Mapping[str, Any
 
 
 def eval_results(rows: Iterable[Mapping[str, Any]]) -> list[EvalResult]:
-    """`EvalResult`s (→ the card's `model-index`) of `probe_rows`."""
-    return [EvalResult(
-        task_type=r["task"], task_name=f"Frozen-encoder {r['task'].split('-')[1]} probe",
-        dataset_type=r["dataset_type"], dataset_name=r["dataset"], dataset_split=r["split"], metric_type=r["metric"], metric_value=r["value"],
-        metric_name=f"{'top-1 accuracy' if r['metric'] == 'accuracy' else 'mIoU'} ({r['probe']} probe, frozen)")
-        for r in rows]
+    """`EvalResult`s (→ the card's `model-index`) of `probe_rows`; rows of fine-tuning results (`finetune-*`, from
+    `bootleg-finetune`) are named as such, the others as frozen-encoder probes."""
+    results = []
+    for r in rows:
+        task, score = r["task"].split("-")[1], "top-1 accuracy" if r["metric"] == "accuracy" else "mIoU"
+        tuned = r["probe"].startswith("finetune-")
+        results.append(EvalResult(
+            task_type=r["task"], task_name=f"Fine-tuned {task}" if tuned else f"Frozen-encoder {task} probe",
+            dataset_type=r["dataset_type"], dataset_name=r["dataset"], dataset_split=r["split"],
+            metric_type=r["metric"], metric_value=r["value"],
+            metric_name=f"{score} ({r['probe']}, fine-tuned)" if tuned else f"{score} ({r['probe']} probe, frozen)"))
+    return results
 
 
 def backbone_indices(depth: int) -> list[int]:
@@ -412,6 +418,7 @@ def render_card(folder: Path, config: BootlegConfig, kind: str, repo_id: str, *,
         converted=converted, token_layout=token_layout,
         num_parameters=_parameter_count(folder), rows=rows, labels=labels, head_description=head_description,
         recipe_text=recipe_text, training=dict(training) if training else None,
+        finetuning=getattr(config, "finetuning", None) if kind != "encoder" else None,
         backbone_indices=backbone_indices(config.num_hidden_layers),
         probe_protocol={p: t for p, t in {**CLASSIFICATION_PROBES, **SEGMENTATION_PROBES}.items()
                         if p in {r["probe"] for r in rows}},

@@ -84,13 +84,18 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str] | tuple[str, ..
     return recipe
 
 
-def load_recipe(recipe: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Read a recipe (a shipped name or a YAML path), apply `section.key=value` overrides and validate the result."""
-    with open(recipe_path(recipe)) as f:
+def read_recipe_file(path: str | os.PathLike, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """The mapping in the YAML file `path` (YAML 1.2 scalars); a `RecipeError` when it is not a mapping."""
+    with open(path) as f:
         data = yaml.load(f, Loader=RecipeLoader) or {}
     if not isinstance(data, dict):
-        raise RecipeError(f"{recipe}: a recipe is a mapping with the sections {SECTIONS}, got {type(data).__name__}")
-    return validate_recipe(apply_overrides(data, overrides))
+        raise RecipeError(f"{path}: a recipe is a mapping with the sections {sections}, got {type(data).__name__}")
+    return data
+
+
+def load_recipe(recipe: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a recipe (a shipped name or a YAML path), apply `section.key=value` overrides and validate the result."""
+    return validate_recipe(apply_overrides(read_recipe_file(recipe_path(recipe)), overrides))
 
 
 def recipe_fields() -> dict[str, dict[str, Any]]:
@@ -135,10 +140,9 @@ def _unknown(kind: str, name: str, known: typing.Iterable[str]) -> RecipeError:
     return RecipeError(f"unknown {kind} '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
 
 
-def validate_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
-    """Raise a `RecipeError` for an unknown section or key, a value of the wrong type, or a bad crop scale; return
-    the recipe unchanged otherwise."""
-    fields = recipe_fields()
+def check_sections(recipe: dict[str, Any], fields: dict[str, dict[str, Any]]) -> None:
+    """Raise a `RecipeError` for a section or key of `recipe` that `fields` (section → key → type) does not know, or
+    a value of the wrong type."""
     for section, values in recipe.items():
         if section not in fields:
             raise _unknown("recipe section", section, fields)
@@ -151,9 +155,19 @@ def validate_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
             if not matches(value, hint):
                 expected = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
                 raise RecipeError(f"{section}.{key} must be {expected}, got {value!r} ({type(value).__name__})")
-    scale = recipe.get("data", {}).get("crop_scale")
+
+
+def check_crop_scale(scale: Any, key: str = "data.crop_scale") -> None:
+    """Raise a `RecipeError` unless `scale` is None or `[low, high]` with 0 < low <= high <= 1."""
     if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
-        raise RecipeError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, got {scale}")
+        raise RecipeError(f"{key} must be [low, high] with 0 < low <= high <= 1, got {scale}")
+
+
+def validate_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Raise a `RecipeError` for an unknown section or key, a value of the wrong type, or a bad crop scale; return
+    the recipe unchanged otherwise."""
+    check_sections(recipe, recipe_fields())
+    check_crop_scale(recipe.get("data", {}).get("crop_scale"))
     return recipe
 
 
@@ -202,4 +216,4 @@ def build_training_args(recipe: dict[str, Any], output_dir: str | os.PathLike, n
 
 
 __all__ = ["RECIPE_DIR", "RecipeError", "RecipeLoader", "available_recipes", "recipe_path", "parse_value",
-           "apply_overrides", "load_recipe", "validate_recipe", "build_config", "world_size", "build_training_args"]
+           "apply_overrides", "read_recipe_file", "load_recipe", "check_sections", "check_crop_scale", "validate_recipe", "build_config", "world_size", "build_training_args"]
