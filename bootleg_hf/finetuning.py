@@ -1,4 +1,4 @@
-"""Fine-tuning a Bootleg encoder end to end through `transformers.Trainer` (docs/design.md §8).
+"""Fine-tuning a Bootleg encoder end to end through `transformers.Trainer` (docs/finetuning.md).
 
 Four protocols, each a recipe (`bootleg_hf/recipes/finetune/`, also reachable as `training/recipes/finetune/`):
 
@@ -360,7 +360,10 @@ def apply_lora(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
     """`model` with LoRA adapters of `rank` on every encoder block's `attn.qkv`, `attn.proj`, `mlp.fc1` and
     `mlp.fc2` (peft; the base weights frozen) and every parameter outside the encoder (the head, a decoder)
     trainable. Returns the `PeftModel`."""
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("LoRA fine-tuning needs peft: pip install 'bootleg-hf[finetune]' (or peft itself)") from None
 
     encoder = next(m for m in model.modules() if isinstance(m, BootlegModel))
     in_encoder = {id(p) for p in encoder.parameters()}

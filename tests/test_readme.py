@@ -150,6 +150,8 @@ EXPECTED_FILES = {
     "bootleg-export": ["config.json", "model.safetensors", "preprocessor_config.json"],
     "bootleg-publish": ["config.json", "model.safetensors", "README.md"],
     "bootleg-release": ["results.json", "release.json", "hub/encoder/README.md", "hub/classifier/README.md"],
+    "bootleg-finetune": ["model/config.json", "model/model.safetensors", "model/preprocessor_config.json",
+                         "finetune_results.json", "recipe.yaml"],
     "bootleg-analyze": [],
     "bootleg-masks": [],
 }
@@ -178,6 +180,15 @@ def test_readme_command(index, session):
         assert set(results["classification"]["probes"]) == {"patch", "cls", "xblk"}
         for probe in results["classification"]["probes"].values():
             assert 0 <= probe["best"]["top1"] <= 100
+    if tool == "bootleg-finetune":  # the run trained what it was asked to and scored its test images
+        results = json.loads((out / "finetune_results.json").read_text())
+        (section,) = [results[k] for k in ("classification", "segmentation") if k in results]
+        (best,) = [p["best"] for p in section["probes"].values()]
+        assert best["steps"] == int(re.search(r"--max-steps (\d+)", step.text)[1])
+        assert section["num_test"] == int(re.search(r"--eval-limit (\d+)", step.text)[1])
+        for name in {"lowshot": ["low_shot_split.json"], "lora": ["adapter/adapter_model.safetensors"]}.get(
+                json.loads((out / "model" / "config.json").read_text()).get("finetuning", {}).get("protocol"), []):
+            assert (out / name).is_file(), name
     if "--probe-head" in step.text:  # the exported classifier holds the probe's xblk head
         head = load_file(str(session.path("runs/probe-micro") / "heads" / "xblk.safetensors"))
         weights = load_file(str(out / "model.safetensors"))

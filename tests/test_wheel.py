@@ -51,6 +51,7 @@ def wheel_env(tmp_path_factory) -> Path:
     wheel = next((tmp / "dist").glob("bootleg_hf-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "bootleg_hf/model_cards/bootleg.md" in names and "bootleg_hf/recipes/vit-micro.yaml" in names
+    assert "bootleg_hf/recipes/finetune/vit-micro-full.yaml" in names
     venv = tmp / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv])
     purelib = next(venv.glob("lib/python*/site-packages"))
