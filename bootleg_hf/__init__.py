@@ -41,7 +41,7 @@ _LAZY = {
     "MaskGenerator": "masking", "MaskBatch": "masking", "BootlegDataCollator": "masking",
     "BootlegForPretraining": "modeling_bootleg_pretraining", "BootlegPredictor": "modeling_bootleg_pretraining",
     "BootlegPretrainingOutput": "modeling_bootleg_pretraining",
-    "MSELossNoForward": "losses", "mse_loss": "losses",
+    "MSELossNoForward": "losses", "mse_loss": "losses", "prediction_loss": "losses",
     "BootlegTrainer": "trainer", "BootlegTrainingArguments": "trainer", "BootlegEMACallback": "trainer", "NonFiniteLossError": "trainer",
     "bootleg_to_timm": "conversion", "config_from_timm": "conversion", "timm_to_bootleg": "conversion",
     "make_image_processor": "image_processing_bootleg",
@@ -50,7 +50,7 @@ _LAZY = {
     "build_probe": "modeling_bootleg_heads", "ProbeSweep": "evaluation.classification",
 }
 _SUBMODULES = {"checkpoints", "cli", "configuration_bootleg", "conversion", "data", "demo", "evaluation",
-               "image_processing_bootleg", "losses", "mask_statistics", "masking", "modeling_bootleg",
+               "finetuning", "image_processing_bootleg", "losses", "mask_statistics", "masking", "modeling_bootleg",
                "modeling_bootleg_heads", "modeling_bootleg_pretraining", "optim", "pretraining", "publishing",
                "recipes", "release", "reports", "targets", "trainer"}
 

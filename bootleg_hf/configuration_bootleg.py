@@ -33,6 +33,7 @@ POSITION_EMBEDDING_TYPES = ("sincos", "learned")
 # Linear per patch: what earlier versions called `lin`, for their saved models)
 SEGMENTATION_HEADS = ("lin", "blk", "linear")
 MASK_MODES = ("bootleg", "ijepa", "random")  # validated in full by `MaskGenerator` (bootleg_hf/masking.py)
+LOSS_TYPES = ("mse", "smooth_l1", "l1")  # computed by `bootleg_hf.losses.prediction_loss`
 
 
 def default_targets(depth: int) -> str:
@@ -74,6 +75,7 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
             (timm `no_embed_class=False`); otherwise the prefix tokens get no position term.
         predictor_*: width, depth, heads and register tokens of the narrow ViT predictor (docs/design.md §4.1).
         targets, target_merge: teacher targets in the `TargetSpec` grammar; default `default_targets(depth)`.
+        loss_type: the prediction loss, `mse` (Bootleg's), `smooth_l1` (I-JEPA's) or `l1` (`bootleg_hf.losses`).
         mask_*: masking (docs/design.md §5). ema_start, ema_end: teacher momentum schedule endpoints
             (docs/design.md §4.4).
         probe_type, segmentation_head: head types of `BootlegForImageClassification` / `…ForSemanticSegmentation`.
@@ -106,6 +108,7 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     predictor_num_register_tokens: int = 4
     targets: str | int | None = None
     target_merge: str = "concat"
+    loss_type: str = "mse"
     mask_mode: str = "bootleg"
     mask_num_targets: int = 4
     mask_target_scale: list[float | int] | tuple[float | int, ...] | None = None
@@ -200,6 +203,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got '{self.mask_mode}'")
         if self.probe_type not in HEAD_TYPES:

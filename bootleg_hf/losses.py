@@ -1,8 +1,12 @@
-"""The Bootleg loss: plain MSE over every target element (docs/design.md §4.3)."""
+"""The prediction loss (docs/design.md §4.3): Bootleg's plain MSE over every target element (the default), or
+smooth-L1 (I-JEPA's, β = 1) or L1 (`config.loss_type`), each the mean over every target element."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from .configuration_bootleg import LOSS_TYPES
 
 
 class MSELossNoForward(torch.autograd.Function):
@@ -30,3 +34,16 @@ def mse_loss(prediction: torch.Tensor, target: torch.Tensor, compute_value: bool
     if compute_value:
         return torch.nn.functional.mse_loss(prediction, target)
     return MSELossNoForward.apply(prediction, target)
+
+
+def prediction_loss(prediction: torch.Tensor, target: torch.Tensor, loss_type: str = "mse",
+                    compute_value: bool = True) -> torch.Tensor:
+    """The mean `loss_type` loss (`mse`, `smooth_l1` with β = 1 as I-JEPA's `F.smooth_l1_loss`, `l1`) over all
+    elements. `compute_value=False` skips the value of the MSE (see `mse_loss`); the other losses always compute it."""
+    if loss_type == "mse":
+        return mse_loss(prediction, target, compute_value)
+    if loss_type == "smooth_l1":
+        return F.smooth_l1_loss(prediction, target, beta=1.0)
+    if loss_type == "l1":
+        return F.l1_loss(prediction, target)
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")

@@ -15,7 +15,7 @@ from torch.profiler import record_function
 from transformers.utils import ModelOutput
 
 from .configuration_bootleg import BootlegConfig
-from .losses import mse_loss
+from .losses import prediction_loss
 from .modeling_bootleg import (
     BootlegBlock,
     BootlegModel,
@@ -249,7 +249,8 @@ class BootlegForPretraining(BootlegPreTrainedModel):
             cls = encoded[:, :1] if self.config.use_cls_token else None  # registers are dropped (docs/design.md §4.1)
             predictions = self.predictor(cls, encoded[:, prefix:], context_indices, target_indices)
         with record_function("bootleg.loss"):
-            loss = mse_loss(predictions.float(), targets, compute_loss_value) if return_loss else None
+            loss = prediction_loss(predictions.float(), targets, self.config.loss_type, compute_loss_value) \
+                if return_loss else None
         out = BootlegPretrainingOutput(
             loss=loss,
             predictions=predictions if output_predictions else None,
