@@ -32,7 +32,7 @@ POSITION_EMBEDDING_TYPES = ("sincos", "learned")
 # segmentation heads: the paper's Lin and Blk (Segmenter mask transformers with 0 and 1 block), and `linear` (one
 # Linear per patch: what earlier versions called `lin`, for their saved models)
 SEGMENTATION_HEADS = ("lin", "blk", "linear")
-MASK_MODES = ("bootleg", "ijepa", "random")  # validated in full by `MaskGenerator` (bootleg_hf/masking.py)
+MASK_MODES = ("bootleg", "ijepa", "random", "inverse_block")  # validated in full by `MaskGenerator` (bootleg_hf/masking.py)
 LOSS_TYPES = ("mse", "smooth_l1", "l1")  # computed by `bootleg_hf.losses.prediction_loss`
 
 
@@ -116,6 +116,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     mask_context_scale: list[float | int] | tuple[float | int, ...] = (0.85, 1.0)
     mask_min_context: int = 10
     mask_ratio: float = 0.75
+    mask_block_size: int = 3
+    mask_block_adjust: float | int = 0.07
     ema_start: float | int = 0.9985
     ema_end: float | int = 0.9985
     probe_type: str = "xblk"

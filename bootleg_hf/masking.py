@@ -20,8 +20,10 @@ from .configuration_bootleg import MASK_MODES as MODES
 
 __all__ = ["MaskBatch", "MaskGenerator", "BootlegDataCollator", "MODES"]
 
-_DEFAULT_TARGET_SCALE = {"bootleg": (0.16, 0.183), "ijepa": (0.15, 0.2), "random": (0.16, 0.183)}
-_DEFAULT_TARGET_ASPECT = {"bootleg": (2 / 3, 3 / 2), "ijepa": (0.75, 1.5), "random": (2 / 3, 3 / 2)}
+_DEFAULT_TARGET_SCALE = {"bootleg": (0.16, 0.183), "ijepa": (0.15, 0.2), "random": (0.16, 0.183),
+                         "inverse_block": (0.16, 0.183)}
+_DEFAULT_TARGET_ASPECT = {"bootleg": (2 / 3, 3 / 2), "ijepa": (0.75, 1.5), "random": (2 / 3, 3 / 2),
+                          "inverse_block": (2 / 3, 3 / 2)}
 _MAX_REPLACEMENTS = 100  # bootleg: rounds of re-placing images whose context is below min_context
 _LEGACY_TIMEOUT = 20  # ijepa: failed context placements before one target constraint is dropped
 
@@ -69,6 +71,11 @@ class MaskGenerator:
             ``min_keep`` tokens, which either always holds or makes it loop forever; that check is skipped.
         ``"random"``: MAE uniform masking; ``int(N·(1 − mask_ratio))`` visible tokens, one "rectangle"
             holding every hidden token.
+        ``"inverse_block"``: data2vec 2.0's inverse block masking: ``int(N·(1 − mask_ratio + block_adjust) /
+            block_size²)`` block centres drawn uniformly with replacement, each grown to a ``block_size`` square
+            (centred, offsets ``i − block_size // 2``, clamped to the grid as data2vec clamps them) that is
+            *visible*; then exactly ``int(N·(1 − mask_ratio))`` visible tokens per image (surplus ones dropped,
+            missing ones added, each uniformly at random); one "rectangle" holding every hidden token.
 
     Every ``generate`` call builds a fresh ``numpy`` RNG from
     ``SeedSequence([seed, epoch, rank, worker, *batch_index])``, so masks are a pure function of these inputs.
@@ -85,6 +92,8 @@ class MaskGenerator:
         context_scale: tuple[float, float] = (0.85, 1.0),
         min_context: int = 10,
         mask_ratio: float = 0.75,
+        block_size: int = 3,
+        block_adjust: float = 0.07,
         seed: int = 0,
     ) -> None:
         dims = (grid, grid) if isinstance(grid, (int, np.integer)) else tuple(int(g) for g in grid)
@@ -119,10 +128,15 @@ class MaskGenerator:
         if not 0 < mask_ratio < 1 or not 1 <= int(n * (1 - mask_ratio)) < n:
             raise ValueError(f"mask_ratio={mask_ratio} must leave between 1 and {n - 1} of {n} tokens visible")
         self.mask_ratio = float(mask_ratio)
+        if not 1 <= block_size <= min(gh, gw):
+            raise ValueError(f"block_size must be in [1, {min(gh, gw)}] for a {gh}×{gw} grid, got {block_size}")
+        if block_adjust < 0:
+            raise ValueError(f"block_adjust must be >= 0, got {block_adjust}")
+        self.block_size, self.block_adjust = int(block_size), float(block_adjust)
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.seed = int(seed)
-        if mode != "random":
+        if mode in ("bootleg", "ijepa"):
             # The smallest background must be able to hold the context at all; otherwise re-placement (bootleg)
             # or the legacy relaxation (ijepa, which would loop forever) cannot succeed.
             bh, bw = self._background_size(self.context_scale[0])
@@ -151,7 +165,8 @@ class MaskGenerator:
         return cls(config.grid_size, mode=config.mask_mode, num_targets=config.mask_num_targets,
                    target_scale=config.mask_target_scale, target_aspect=config.mask_target_aspect,
                    context_scale=config.mask_context_scale, min_context=config.mask_min_context,
-                   mask_ratio=config.mask_ratio, seed=seed)
+                   mask_ratio=config.mask_ratio, block_size=config.mask_block_size,
+                   block_adjust=config.mask_block_adjust, seed=seed)
 
     @property
     def num_patches(self) -> int:
@@ -161,7 +176,8 @@ class MaskGenerator:
         return (f"MaskGenerator(grid={self.grid}, mode={self.mode!r}, num_targets={self.num_targets}, "
                 f"target_scale={self.target_scale}, target_aspect={self.target_aspect}, "
                 f"context_scale={self.context_scale}, min_context={self.min_context}, "
-                f"mask_ratio={self.mask_ratio}, seed={self.seed})")
+                f"mask_ratio={self.mask_ratio}, block_size={self.block_size}, block_adjust={self.block_adjust}, "
+                f"seed={self.seed})")
 
     # ------------------------------------------------------------------------------------------------ API
     def generate(
@@ -187,7 +203,8 @@ class MaskGenerator:
         if min(words) < 0:
             raise ValueError(f"seed, epoch, rank, worker and batch_index must be non-negative, got {words}")
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
-        sampler = {"bootleg": self._bootleg, "ijepa": self._ijepa, "random": self._random}[self.mode]
+        sampler = {"bootleg": self._bootleg, "ijepa": self._ijepa, "random": self._random,
+                   "inverse_block": self._inverse_block}[self.mode]
         ctx, tgt, union = sampler(rng, int(batch_size))
         return MaskBatch(torch.from_numpy(ctx.astype(np.int64, copy=False)),
                          torch.from_numpy(tgt.astype(np.int64, copy=False)), torch.from_numpy(union))
@@ -311,6 +328,23 @@ class MaskGenerator:
         k = int(n * (1 - self.mask_ratio))
         visible = np.zeros((b, n), dtype=bool)
         np.put_along_axis(visible, np.argsort(rng.random((b, n)))[:, :k], True, axis=1)
+        return self._rows(visible, k), self._rows(~visible, n - k)[:, None, :], ~visible
+
+
+    def _inverse_block(self, rng: np.random.Generator, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        gh, gw = self.grid
+        n, size = self.num_patches, self.block_size
+        k = int(n * (1 - self.mask_ratio))
+        centres = rng.integers(0, n, size=(b, int(n * (1 - self.mask_ratio + self.block_adjust) / size**2)))
+        offsets = np.arange(size) - size // 2
+        rows = np.clip(centres[..., None, None] // gw + offsets[:, None], 0, gh - 1)  # [B, C, size, 1]
+        cols = np.clip(centres[..., None, None] % gw + offsets[None, :], 0, gw - 1)  # [B, C, 1, size]
+        blocks = np.zeros((b, n), dtype=bool)
+        np.put_along_axis(blocks, (rows * gw + cols).reshape(b, -1), True, axis=1)
+        # exactly k visible: block tokens first in random order, then the others in random order; keep the first k
+        order = np.argsort(rng.random((b, n)) + ~blocks, axis=1)[:, :k]
+        visible = np.zeros((b, n), dtype=bool)
+        np.put_along_axis(visible, order, True, axis=1)
         return self._rows(visible, k), self._rows(~visible, n - k)[:, None, :], ~visible
 
 
