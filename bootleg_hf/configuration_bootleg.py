@@ -34,6 +34,7 @@ POSITION_EMBEDDING_TYPES = ("sincos", "learned")
 SEGMENTATION_HEADS = ("lin", "blk", "linear")
 MASK_MODES = ("bootleg", "ijepa", "random", "inverse_block")  # validated in full by `MaskGenerator` (bootleg_hf/masking.py)
 LOSS_TYPES = ("mse", "smooth_l1", "l1")  # computed by `bootleg_hf.losses.prediction_loss`
+PREDICTOR_TYPES = ("bootleg", "joint", "crossmae", "conv")  # built by `modeling_bootleg_pretraining.build_predictor`
 
 
 def default_targets(depth: int) -> str:
@@ -73,7 +74,11 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
             `[1, N (+ CLS + registers), D]` (timm's standard ViTs), resized for other grids as timm does.
         position_embedding_includes_prefix: the learned table also has rows for CLS and the registers, added to them
             (timm `no_embed_class=False`); otherwise the prefix tokens get no position term.
-        predictor_*: width, depth, heads and register tokens of the narrow ViT predictor (docs/design.md §4.1).
+        predictor_*: width, depth, heads and register tokens of the narrow ViT predictor (docs/design.md §4.1);
+            `predictor_type` the decoder (`bootleg_hf.predictors`): `bootleg` (per target region), `joint` (MAE's: all
+            regions in one sequence), `crossmae` (cross-attention only; `predictor_feature_maps` for CrossMAE's
+            weighted feature maps) or `conv` (data2vec 2.0's, `predictor_kernel_size`, `predictor_groups`).
+        mask_repeats: masked views of each image per step (data2vec 2.0's multi-mask), one teacher pass for all.
         targets, target_merge: teacher targets in the `TargetSpec` grammar; default `default_targets(depth)`.
         loss_type: the prediction loss, `mse` (Bootleg's), `smooth_l1` (I-JEPA's) or `l1` (`bootleg_hf.losses`).
         mask_*: masking (docs/design.md §5). ema_start, ema_end: teacher momentum schedule endpoints
@@ -106,6 +111,10 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     predictor_num_hidden_layers: int = 10
     predictor_num_attention_heads: int = 16
     predictor_num_register_tokens: int = 4
+    predictor_type: str = "bootleg"
+    predictor_feature_maps: bool = False
+    predictor_kernel_size: int = 3
+    predictor_groups: int = 16
     targets: str | int | None = None
     target_merge: str = "concat"
     loss_type: str = "mse"
@@ -118,6 +127,7 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     mask_ratio: float = 0.75
     mask_block_size: int = 3
     mask_block_adjust: float | int = 0.07
+    mask_repeats: int = 1
     ema_start: float | int = 0.9985
     ema_end: float | int = 0.9985
     probe_type: str = "xblk"
@@ -174,7 +184,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
         """Raise a `ValueError` naming the problem for any impossible combination of values."""
         positive = ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size",
                     "num_channels", "predictor_hidden_size", "predictor_num_hidden_layers",
-                    "predictor_num_attention_heads", "mask_num_targets"]
+                    "predictor_num_attention_heads", "mask_num_targets", "predictor_kernel_size", "predictor_groups",
+                    "mask_repeats"]
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -205,6 +216,11 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
+        if self.predictor_type not in PREDICTOR_TYPES:
+            raise ValueError(f"predictor_type must be one of {PREDICTOR_TYPES}, got '{self.predictor_type}'")
+        if self.predictor_feature_maps and self.predictor_type != "crossmae":
+            raise ValueError("predictor_feature_maps=True (CrossMAE's weighted feature maps) needs predictor_type="
+                             f"'crossmae', got '{self.predictor_type}'")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
         if self.mask_mode not in MASK_MODES:

@@ -361,6 +361,9 @@ class BootlegDataCollator:
     optional ``sample_index`` (the example's dataset index). Output: ``pixel_values [B, C, H, W]``,
     ``labels [B]`` (int64, when present), ``context_indices``, ``target_indices``; other keys are dropped.
 
+    With ``repeats`` M > 1 (data2vec 2.0's multi-mask) each image gets M masked views: the mask tensors have
+    ``B·M`` rows, rows ``b·M … b·M + M − 1`` for image b (``BootlegForPretraining`` runs its teacher once per image).
+
     Reproducibility: masks are seeded from ``(seed, epoch, rank, worker=0, batch_index)``.
 
     * ``rank`` defaults to ``torch.distributed.get_rank()`` when a process group is initialised, else to
@@ -376,7 +379,10 @@ class BootlegDataCollator:
     """
 
     def __init__(self, mask_generator: MaskGenerator, seed: int = 0, rank: int | None = None,
-                 image_key: str = "pixel_values") -> None:
+                 image_key: str = "pixel_values", repeats: int = 1) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.repeats = int(repeats)
         self.mask_generator = mask_generator
         self.seed = int(seed)
         self.rank = rank
@@ -410,7 +416,8 @@ class BootlegDataCollator:
             workers, worker_id = (1, 0) if info is None else (info.num_workers, info.id)
             batch_index = self._count * workers + worker_id
             self._count += 1
-        masks = self.mask_generator.generate(len(examples), epoch=self.epoch, batch_index=batch_index,
+        # with `repeats` M, rows b·M … b·M + M − 1 are image b's masked views (one draw of M·B masks)
+        masks = self.mask_generator.generate(len(examples) * self.repeats, epoch=self.epoch, batch_index=batch_index,
                                              rank=self.rank, seed=self.seed)
         out["context_indices"] = masks.context_indices
         out["target_indices"] = masks.target_indices

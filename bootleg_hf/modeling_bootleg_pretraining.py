@@ -73,6 +73,9 @@ class BootlegPredictor(nn.Module):
         self.norm = nn.LayerNorm(dp, eps=config.layer_norm_eps)
         spec = config.target_spec
         self.head = nn.Linear(dp, spec.target_dim(config.hidden_size, config.patch_size, config.num_channels))
+        self.joint = config.predictor_type == "joint"
+
+    needs_features = False
 
     def init_bootleg_weights(self, std: float) -> None:
         from transformers import initialization as init
@@ -83,9 +86,14 @@ class BootlegPredictor(nn.Module):
                                                              *self.config.grid_size)[None])
 
     def forward(self, cls: torch.Tensor | None, context: torch.Tensor, context_indices: torch.Tensor,
-                target_indices: torch.Tensor) -> torch.Tensor:
+                target_indices: torch.Tensor, encoded: torch.Tensor | None = None,
+                features: list[torch.Tensor] | None = None) -> torch.Tensor:
         """`cls [B, 1, D]` (or None), `context [B, K, D]`, `context_indices [B, K]`, `target_indices [B, R, T]`
-        → predictions `[B, R, T, D_t]`."""
+        → predictions `[B, R, T, D_t]`. With `config.predictor_type="joint"` (MAE's decoder) every region's mask
+        tokens share one sequence; `encoded` and `features` are for the other predictors' interface."""
+        if self.joint and target_indices.shape[1] > 1:
+            b, r, t = target_indices.shape
+            return self.forward(cls, context, context_indices, target_indices.reshape(b, 1, r * t)).reshape(b, r, t, -1)
         b, r, t = target_indices.shape
         pos = self.pos_embed.to(context.dtype).expand(b, -1, -1)
         ctx = self.embed(context) + gather_tokens(pos, context_indices)
@@ -96,6 +104,15 @@ class BootlegPredictor(nn.Module):
         for block in self.blocks:
             x = block(x).out
         return self.head(self.norm(x[:, -t:])).reshape(b, r, t, -1)
+
+
+def build_predictor(config: BootlegConfig) -> nn.Module:
+    """The predictor `config.predictor_type` names: `bootleg` / `joint` (`BootlegPredictor`), `crossmae`
+    (`CrossMAEPredictor`) or `conv` (`ConvPredictor`, data2vec 2.0's); see `bootleg_hf.predictors`."""
+    from .predictors import ConvPredictor, CrossMAEPredictor
+
+    return {"bootleg": BootlegPredictor, "joint": BootlegPredictor, "crossmae": CrossMAEPredictor,
+            "conv": ConvPredictor}[config.predictor_type](config)
 
 
 class BootlegForPretraining(BootlegPreTrainedModel):
@@ -114,7 +131,7 @@ class BootlegForPretraining(BootlegPreTrainedModel):
         super().__init__(config)
         self.student = BootlegModel(config)
         self.bootleg = BootlegModel(config)  # the teacher (see module docstring for the name)
-        self.predictor = BootlegPredictor(config)
+        self.predictor = build_predictor(config)
         self.target_spec = config.target_spec
         self.post_init()
         self.bootleg.requires_grad_(False)
@@ -240,14 +257,26 @@ class BootlegForPretraining(BootlegPreTrainedModel):
                 self.check_teacher_follows()
         with record_function("bootleg.teacher_forward"):
             features = self.teacher_features(pixel_values)
+        repeats = context_indices.shape[0] // pixel_values.shape[0]
+        if repeats > 1:  # several masked views of each image (data2vec 2.0): one teacher pass serves them all
+            pixel_values = pixel_values.repeat_interleave(repeats, dim=0)
+            features = [f.repeat_interleave(repeats, dim=0) for f in features]
         with record_function("bootleg.target_building"):
             targets, target_std = self.build_targets(features, pixel_values, target_indices)
         with record_function("bootleg.student_forward"):
-            encoded = self.student(pixel_values, context_indices=context_indices).last_hidden_state
+            student_features = None
+            if self.predictor.needs_features:  # CrossMAE's weighted feature maps: tokenizer + every block output
+                depth = self.config.num_hidden_layers
+                terms = [(0, "embed"), *((k, "out") for k in range(1, depth + 1)), (depth, "final")]
+                student_features = self.student.forward_representations(pixel_values, terms, context_indices)
+                encoded = student_features.pop()
+            else:
+                encoded = self.student(pixel_values, context_indices=context_indices).last_hidden_state
         with record_function("bootleg.predictor_forward"):
             prefix = self.config.num_prefix_tokens
             cls = encoded[:, :1] if self.config.use_cls_token else None  # registers are dropped (docs/design.md §4.1)
-            predictions = self.predictor(cls, encoded[:, prefix:], context_indices, target_indices)
+            predictions = self.predictor(cls, encoded[:, prefix:], context_indices, target_indices, encoded=encoded,
+                                         features=student_features)
         with record_function("bootleg.loss"):
             loss = prediction_loss(predictions.float(), targets, self.config.loss_type, compute_loss_value) \
                 if return_loss else None
@@ -261,13 +290,18 @@ class BootlegForPretraining(BootlegPreTrainedModel):
 
     def check_indices(self, pixel_values: torch.Tensor, context_indices: torch.Tensor,
                       target_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validated `context_indices [B, K]` and `target_indices [B, R, T]` as long tensors on the images' device.
+        """Validated `context_indices [B·M, K]` and `target_indices [B·M, R, T]` as long tensors on the images' device:
+        M ≥ 1 masked views of each of the B images, rows b·M … b·M + M − 1 belonging to image b.
 
         Every dimension must be non-empty: an empty batch, no context token or no target has no loss."""
         n = self.config.num_patches
         if pixel_values.shape[0] == 0:
             raise ValueError("empty batch: pixel_values holds no image (a pretraining step needs at least one)")
-        context_indices = check_indices(context_indices, pixel_values.shape[0], n, "context_indices")
+        rows = len(context_indices)
+        if rows == 0 or rows % pixel_values.shape[0]:
+            raise ValueError(f"context_indices has {rows} rows for {pixel_values.shape[0]} images: one row per masked "
+                             "view, the same number of views (at least one) for every image")
+        context_indices = check_indices(context_indices, rows, n, "context_indices")
         target_indices = torch.as_tensor(target_indices)
         if target_indices.ndim != 3:
             raise ValueError(f"target_indices must be [batch, rectangles, tokens], got {tuple(target_indices.shape)}")
@@ -277,10 +311,10 @@ class BootlegForPretraining(BootlegPreTrainedModel):
         empty = [name for name, size in sizes.items() if size == 0]
         if empty:
             raise ValueError(f"no {' and no '.join(empty)}: the student needs context and the predictor targets")
-        check_indices(target_indices.flatten(1), pixel_values.shape[0], n, "target_indices")
+        check_indices(target_indices.flatten(1), rows, n, "target_indices")
         return context_indices.to(pixel_values.device), target_indices.long().to(pixel_values.device)
 
 
 BootlegForPretraining.register_for_auto_class("AutoModelForPreTraining")
 
-__all__ = ["BootlegForPretraining", "BootlegPredictor", "BootlegPretrainingOutput"]
+__all__ = ["BootlegForPretraining", "BootlegPredictor", "BootlegPretrainingOutput", "build_predictor"]

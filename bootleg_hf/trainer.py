@@ -271,7 +271,8 @@ class BootlegTrainer(Trainer):
                              "leave it False")
         if data_collator is None:
             seed = args.mask_seed if args.mask_seed is not None else args.seed
-            data_collator = BootlegDataCollator(MaskGenerator.from_config(model.config), seed=seed)
+            data_collator = BootlegDataCollator(MaskGenerator.from_config(model.config), seed=seed,
+                                                repeats=model.config.mask_repeats)
         if train_dataset is not None and hasattr(train_dataset, "__getitem__") and not isinstance(
                 train_dataset, IndexedDataset):
             train_dataset = IndexedDataset(train_dataset, seed=args.data_seed if args.data_seed is not None else args.seed)
