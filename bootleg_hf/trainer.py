@@ -428,7 +428,9 @@ class BootlegTrainer(Trainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # Never write non-finite weights: neither a checkpoint (which would replace the last good one) nor a model.
         # The max-abs norm: NaN and inf show through it, and unlike the L2 norm it cannot overflow for finite weights.
-        norms = torch.stack(torch._foreach_norm([p.detach() for p in self.unwrapped_model.parameters()], ord=math.inf))
+        # Empty tensors (e.g. zero predictor registers) hold nothing to check and have no max-abs norm.
+        norms = torch.stack(torch._foreach_norm([p.detach() for p in self.unwrapped_model.parameters() if p.numel()],
+                                                ord=math.inf))
         if not torch.isfinite(norms).all():
             raise NonFiniteLossError(f"non-finite weights at step {self.state.global_step}; nothing was written to "
                                      f"{output_dir or self.args.output_dir} (the last good checkpoint is kept)")

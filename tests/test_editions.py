@@ -1,0 +1,51 @@
+"""The other systems' recipes (`bootleg_hf/recipes/<system>-*.yaml`, also `training/recipes/`): each builds the
+model it describes, and the CPU-sized ones train through `bootleg-pretrain` into folders the probes load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bootleg_hf import BootlegForPretraining, BootlegModel
+from bootleg_hf.cli import pretrain_main
+from bootleg_hf.recipes import build_config, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+# recipe → what the model must be
+EDITIONS = {
+    "mae-vit-small": dict(mask_mode="random", targets="pixels", predictor_type="joint", ema_end=0.0),
+    "crossmae-vit-small": dict(mask_mode="random", targets="pixels", predictor_type="crossmae",
+                               predictor_feature_maps=True, predictor_hidden_size=256),
+    "ijepa-vit-small": dict(mask_mode="ijepa", targets="final", loss_type="smooth_l1", ema_end=1.0),
+    "data2vec2-vit-base": dict(mask_mode="inverse_block", mask_ratio=0.8, mask_repeats=16, targets="5:1:12",
+                               target_merge="average", predictor_type="conv"),
+    "mae-micro": dict(mask_mode="random", targets="pixels", predictor_type="joint"),
+    "mae-bootleg-micro": dict(mask_mode="bootleg", targets="1:2:6", predictor_type="joint"),
+    "crossmae-micro": dict(mask_mode="random", targets="pixels", predictor_type="crossmae"),
+    "crossmae-bootleg-micro": dict(mask_mode="bootleg", targets="1:2:6", predictor_type="crossmae"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EDITIONS))
+def test_each_edition_recipe_builds_its_model(name):
+    recipe = load_recipe(name)
+    assert recipe["training"]["max_grad_norm"] == 0.0
+    config = build_config(recipe)
+    for key, value in EDITIONS[name].items():
+        assert getattr(config, key) == value, key
+    if name.endswith("micro"):
+        assert type(BootlegForPretraining(config).predictor).__name__ == (
+            "CrossMAEPredictor" if config.predictor_type == "crossmae" else "BootlegPredictor")
+
+
+@pytest.mark.parametrize("name", ["mae-micro", "crossmae-bootleg-micro"])
+def test_cpu_editions_train_and_their_encoders_load(name, tmp_path):
+    out = tmp_path / name
+    assert pretrain_main(["--recipe", str(REPO / "training" / "recipes" / f"{name}.yaml"), "--dataset", "fashion-mnist", "--limit", "64",
+                          "--batch-size", "16", "--max-steps", "4", "--output-dir", str(out)]) == 0
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    encoder = BootlegModel.from_pretrained(out / "encoder")
+    assert encoder.config.predictor_type == EDITIONS[name]["predictor_type"]
