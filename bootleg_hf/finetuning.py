@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import time
 import typing
@@ -47,7 +46,7 @@ from .data import (
     _transforms_v2,
     decode_image, decode_mask, load_image_dataset,
 )
-from .evaluation.common import default_device, select_subset
+from .evaluation.common import select_subset
 from .evaluation.segmentation import (
     SEGMENTATION_PROTOCOLS, confusion_matrix, largest_label, load_segmentation_split, segmentation_scores,
 )
@@ -585,6 +584,7 @@ def run_finetune(recipe: FinetuneRecipe, s: FinetuneSettings) -> dict[str, Any]:
         processor = make_segmentation_image_processor(config)
     if recipe.model.lora_rank:
         model = apply_lora(model, recipe.model.lora_rank, recipe.model.lora_alpha, recipe.model.lora_dropout)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     args = training_args(recipe, out, len(train), max_steps=s.max_steps, seed=s.seed,
                          dataloader_num_workers=s.num_workers, **s.training_overrides)
     if args.save_strategy != "no":
@@ -627,8 +627,7 @@ def run_finetune(recipe: FinetuneRecipe, s: FinetuneSettings) -> dict[str, Any]:
         "num_train": len(train), "num_test": len(test), "image_size": size, "labels": labels,
         "protocol": name, "protocol_label": f"fine-tuning, {recipe.protocol} protocol",
         "probes": {name: {"best": best, "grid": history}}, ("best_probe" if task == "classification" else "best_head"): name,
-        "finetuning": recipe.raw, "trainable_parameters": sum(p.numel() for p in trainer.model.parameters()
-                                                              if p.requires_grad),
+        "finetuning": recipe.raw, "trainable_parameters": trainable,
         "low_shot": None if split is None else {k: v for k, v in split.items() if k != "indices"},
         "seed": s.seed, "wall_time_s": round(time.perf_counter() - start, 1),
     }
