@@ -335,9 +335,10 @@ def training_facts(run: str | os.PathLike | Mapping[str, Any] | Any,
 
 # --------------------------------------------------------------------------------------------- model card
 def probe_rows(probe_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
-    """Flat result rows (task, dataset, dataset_type, split, probe, metric, value in % rounded to 0.01) of one or
-    several results documents (`read_results`: a document, or what `run_probes` / `run_segmentation` return), one row
-    per probe and section. Raises `ResultsError` for anything that is not such results."""
+    """Flat result rows (task, dataset, dataset_type, split, probe, metric, value in % rounded to 0.01, protocol) of
+    one or several results documents (`read_results`: a document, or what `run_probes` / `run_segmentation` return),
+    one row per probe and section. `protocol` is what the section says it ran (`section_protocol`). Raises
+    `ResultsError` for anything that is not such results."""
     rows = []
     for document in _documents(probe_results):
         for name, (key, task, metric) in RESULT_SECTIONS.items():
@@ -346,9 +347,20 @@ def probe_rows(probe_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | 
                 continue
             data = dataset_fields(section["dataset"])
             rows += [dict(task=task, dataset=data["name"], dataset_type=data["type"], split=data["split"],
-                          probe=probe, metric=metric, value=round(float(result["best"][key]), 2))
+                          probe=probe, metric=metric, value=round(float(result["best"][key]), 2),
+                          protocol=section_protocol(section))
                      for probe, result in section["probes"].items()]
     return rows
+
+
+def section_protocol(section: Mapping[str, Any]) -> str:
+    """How a results section's scores were obtained, as its writer labelled it: the probes' `protocol_label` (e.g.
+    "quick protocol (epochs 3 instead of 10)"), a segmentation protocol's name, a fine-tuning run's label, else
+    "not stated" (hand-written documents and those of earlier versions)."""
+    protocol = section.get("protocol_label") or section.get("protocol")
+    if isinstance(protocol, Mapping):
+        protocol = protocol.get("name") and f"{protocol['name']} protocol"
+    return str(protocol) if protocol else "not stated"
 
 
 def encoder_weights(probe_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> str:

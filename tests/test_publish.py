@@ -198,6 +198,23 @@ def test_results_of_earlier_versions_are_still_read():
         ("image-classification", "Fashion-MNIST", "xblk", "accuracy", 85.5),
         ("image-segmentation", "Fashion-MNIST 2×2 mosaics", "knn", "mean_iou", 40.5),
         ("image-segmentation", "Fashion-MNIST 2×2 mosaics", "lin", "mean_iou", 44.25)]
+    assert {r["protocol"] for r in rows} == {"not stated"}  # earlier versions did not record it
+
+
+def test_the_card_names_the_protocol_of_each_score(tmp_path):
+    """Model cards say which protocol produced each score (the probes' label, a segmentation protocol's name, a
+    fine-tuning run's) instead of claiming the paper's for all."""
+    from bootleg_hf.publishing import section_protocol
+
+    assert section_protocol({"protocol_label": "quick protocol (epochs 3 instead of 10)", "protocol": "quick"}) == \
+        "quick protocol (epochs 3 instead of 10)"
+    assert section_protocol({"protocol": {"name": "paper", "epochs": 128}}) == "paper protocol"
+    assert section_protocol({"protocol_label": "fine-tuning, lora protocol"}) == "fine-tuning, lora protocol"
+    documents = [{**PROBE_RESULTS, "protocol_label": "quick protocol (epochs 3 instead of 10)"},
+                 {**SEGMENTATION_RESULTS, "segmentation": {**SEGMENTATION_RESULTS["segmentation"],
+                                                           "protocol": {"name": "paper"}}}]
+    rows = probe_rows(documents)
+    assert [r["protocol"] for r in rows] == ["quick protocol (epochs 3 instead of 10)"] * 2 + ["paper protocol"] * 2
 
 
 BAD_RESULTS = {
