@@ -574,7 +574,7 @@ before anything is written.""")
 def release_main(argv: Sequence[str] | None = None) -> int:
     from .configuration_bootleg import PROBE_TYPES
     from .evaluation.classification import PROBE_GRID, PROBE_PROTOCOLS, ProbeSettings
-    from .evaluation.segmentation import KNN_KS, SEGMENTATION_PROBES, SegmentationSettings
+    from .evaluation.segmentation import KNN_KS, SEGMENTATION_PROBES, SEGMENTATION_PROTOCOLS, SegmentationSettings
     from .pretraining import OutputDirError, PretrainSettings
     from .publishing import PublishError, RemoteCodeError, ResultsError
     from .recipes import RecipeError
@@ -635,8 +635,11 @@ mean the whole split.""")
     seg.add_argument("--seg-mask-column", default="mask")
     seg.add_argument("--seg-train", type=int, default=1000, help="training images (0: all)")
     seg.add_argument("--seg-test", type=int, default=250, help="test images (0: all)")
-    seg.add_argument("--seg-epochs", type=_positive, default=40)
-    seg.add_argument("--seg-lrs", type=_floats, default=None, help="Lin/Blk learning rates (default: per head)")
+    seg.add_argument("--seg-protocol", choices=list(SEGMENTATION_PROTOCOLS), default="quick",
+                     help="how Lin/Blk train: quick (CPU-sized, cached features) or paper (the appendix's)")
+    seg.add_argument("--seg-epochs", type=_positive, default=None, help="default: the protocol's")
+    seg.add_argument("--seg-lrs", type=_floats, default=None,
+                     help="Lin/Blk learning rates (default: the protocol's, per head)")
     seg.add_argument("--seg-ks", type=_ints, default=list(KNN_KS))
     seg.add_argument("--seg-image-size", type=int, default=None, help="default: the encoder's")
     seg.add_argument("--seg-num-labels", type=int, default=None, help="default: max label in train + 1")
@@ -663,7 +666,8 @@ mean the whole split.""")
             upload_release(a.out, token=a.token, private=a.private, revision=a.revision)
             return 0
         segmentation = None if a.seg_probes == ["none"] else SegmentationSettings(
-            probes=a.seg_probes, limit_train=a.seg_train or None, limit_test=a.seg_test or None,
+            probes=a.seg_probes, protocol=a.seg_protocol, limit_train=a.seg_train or None,
+            limit_test=a.seg_test or None,
             image_size=a.seg_image_size, epochs=a.seg_epochs, lrs=a.seg_lrs, ks=a.seg_ks,
             ignore_index=a.seg_ignore_index, num_labels=a.seg_num_labels, test_split=a.seg_test_split,
             image_column=a.seg_image_column, mask_column=a.seg_mask_column, seed=a.seed, device=a.device)

@@ -169,3 +169,17 @@ def test_bad_requests_are_refused_before_any_work(fake_hub, tmp_path, monkeypatc
     assert release_main(*SMALL, "--out", tmp_path / "release", *args) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "release").exists() and fake_hub.requests == []
+
+
+@pytest.mark.parametrize("args, protocol, epochs", [([], "quick", None), (["--seg-protocol", "paper"], "paper", None),
+                                                    (["--seg-protocol", "paper", "--seg-epochs", "3"], "paper", 3)])
+def test_release_passes_the_segmentation_protocol_on(monkeypatch, tmp_path, args, protocol, epochs):
+    """`bootleg-release --seg-protocol` chooses how Lin / Blk train (the protocol's epochs unless --seg-epochs)."""
+    import bootleg_hf.release
+
+    seen = {}
+    monkeypatch.setattr(bootleg_hf.release, "run_release", lambda s: seen.setdefault("settings", s))
+    assert release_cli(["--repo-id", "user/x", "--out", str(tmp_path / "r"), *args]) == 0
+    segmentation = seen["settings"].segmentation
+    assert segmentation.protocol == protocol and segmentation.epochs == epochs
+    assert segmentation.head_training()["epochs"] == (epochs or {"quick": 40, "paper": 128}[protocol])
