@@ -36,7 +36,8 @@ CORE: dict[str, list[str]] = {
     "masking": [f"bootleg_hf.masking.{f}*" for f in (
         "xǁMaskGeneratorǁgenerate", "xǁMaskGeneratorǁ_background_size", "xǁMaskGeneratorǁ_boxes",
         "xǁMaskGeneratorǁ_target_indices", "xǁMaskGeneratorǁ_rows", "xǁMaskGeneratorǁ_bootleg",
-        "xǁMaskGeneratorǁ_ijepa", "xǁMaskGeneratorǁ_random", "xǁBootlegDataCollatorǁ")],
+        "xǁMaskGeneratorǁ_ijepa", "xǁMaskGeneratorǁ_random", "xǁMaskGeneratorǁ_inverse_block",
+        "xǁBootlegDataCollatorǁ")],
     "optimizer groups": ["bootleg_hf.optim.*"],
     "schedules and EMA": [
         *(f"bootleg_hf.trainer.{f}*" for f in (
