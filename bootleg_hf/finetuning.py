@@ -422,8 +422,11 @@ class FinetuneTrainer(Trainer):
 
     def __init__(self, *args: Any, mixup: Any = None, label_smoothing: float = 0.0, task: str = "classification",
                  **kwargs: Any) -> None:
+        from timm.loss import SoftTargetCrossEntropy
+
         super().__init__(*args, **kwargs)
         self.mixup, self.label_smoothing, self.task = mixup, label_smoothing, task
+        self.soft_target_loss = SoftTargetCrossEntropy()
 
     def get_train_dataloader(self):
         # Training batches are always whole (MixUp pairs images within a batch; `training_args` counts whole
@@ -452,7 +455,7 @@ class FinetuneTrainer(Trainer):
         outputs = model(pixel_values=pixel_values)
         logits = outputs.logits.float()
         if labels.ndim == 2:  # MixUp / CutMix soft targets (label smoothing included)
-            loss = torch.sum(-labels * F.log_softmax(logits, dim=-1), dim=-1).mean()
+            loss = self.soft_target_loss(logits, labels)
         else:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if model.training else 0.0)
         return (loss, outputs) if return_outputs else loss
