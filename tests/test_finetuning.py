@@ -281,3 +281,31 @@ def test_a_non_empty_output_folder_is_refused(encoder_folder, tmp_path):
         run_finetune(load_finetune_recipe("vit-micro-full", QUICK),
                      FinetuneSettings(model=encoder_folder, output_dir=tmp_path, limit=64, eval_limit=16, max_steps=1))
     assert (tmp_path / "keep.txt").read_text() == "a user's file"
+
+
+def test_mixup_cutmix_batches_train_on_soft_targets_and_evaluation_on_hard_labels(tmp_path):
+    """In training, timm's Mixup mixes each batch and the loss is the soft-target cross-entropy of the mixed batch;
+    in evaluation the plain cross-entropy of the hard labels (no smoothing)."""
+    import torch.nn.functional as F
+    from timm.data import Mixup
+
+    from bootleg_hf.finetuning import FinetuneTrainer, FinetuneTrainingArguments
+
+    torch.manual_seed(0)
+    model = BootlegForImageClassification(tiny_config(probe_type="linear", num_labels=4))
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=4)
+    trainer = FinetuneTrainer(model=model, args=FinetuneTrainingArguments(str(tmp_path), use_cpu=True, bf16=False),
+                              mixup=mixup, label_smoothing=0.1)
+    batch = {"pixel_values": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 3])}
+    model.train()
+    np.random.seed(0)
+    loss = trainer.compute_loss(model, dict(batch))
+    np.random.seed(0)
+    mixed, soft = mixup(batch["pixel_values"].clone(), batch["labels"])
+    assert soft.shape == (4, 4) and not torch.equal(mixed, batch["pixel_values"])
+    expected = -(soft * F.log_softmax(model(pixel_values=mixed).logits, -1)).sum(-1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    model.eval()
+    hard = trainer.compute_loss(model, dict(batch))
+    assert hard.item() == pytest.approx(F.cross_entropy(model(pixel_values=batch["pixel_values"]).logits,
+                                                        batch["labels"]).item(), rel=1e-5)
