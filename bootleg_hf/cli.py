@@ -116,11 +116,13 @@ folder that holds a run is refused unless --resume or --overwrite is given; two 
                    help="with --resume: switch to the recipe's LR / weight-decay / EMA schedule and length from the "
                         "resumed step, when they differ from the checkpoint's")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", help="continue pretraining an encoder (folder, Hub id, e.g. a converted I-JEPA "
+                                       "checkpoint): its weights and architecture, the recipe's objective")
     a = p.parse_args(argv)
     trainer = run_pretraining(PretrainSettings(
         recipe=a.recipe, overrides=a.overrides, dataset=a.dataset, split=a.split, limit=a.limit,
         output_dir=a.output_dir, max_steps=a.max_steps, batch_size=a.batch_size, num_workers=a.num_workers,
-        on_corrupt=a.on_corrupt, resume=a.resume, overwrite=a.overwrite, seed=a.seed),
+        on_corrupt=a.on_corrupt, resume=a.resume, overwrite=a.overwrite, seed=a.seed, init_from=a.init_from),
         schedule_on_resume="new" if a.new_schedule else None)
     if trainer.is_world_process_zero():
         print(f"saved {a.output_dir} (BootlegForPretraining) and {a.output_dir}/encoder (teacher encoder)")

@@ -48,7 +48,9 @@ class PretrainSettings:
     `limit` keeps the first N images); where to write; the step budget and global batch (override the recipe);
     data-loader workers; what to do with unreadable images (`skip` counts and replaces them, `raise` stops);
     `resume` (`"auto"`: the last complete checkpoint in `output_dir`, or a checkpoint path) or `overwrite` (replace the
-    run already in `output_dir`); the seed of the initial weights, data order, augmentations and masks."""
+    run already in `output_dir`); the seed of the initial weights, data order, augmentations and masks; `init_from`:
+    an encoder to continue (student = teacher = its weights and architecture, e.g. a converted I-JEPA checkpoint, the
+    paper's Table 4), with the recipe's pretraining fields (`continued_model`)."""
 
     recipe: str | os.PathLike | dict[str, Any] = "vit-micro"
     overrides: Sequence[str] = ()
@@ -63,6 +65,7 @@ class PretrainSettings:
     resume: str | None = None
     overwrite: bool = False
     seed: int = 0
+    init_from: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         for name in ("limit", "max_steps", "batch_size"):
@@ -79,6 +82,26 @@ def initial_model(config: BootlegConfig, seed: int) -> BootlegForPretraining:
     (the predictor's output width depends on the targets)."""
     set_seed(seed)
     return BootlegForPretraining(config)
+
+
+# config fields of a recipe that describe the pretraining objective rather than the encoder's architecture
+OBJECTIVE_PREFIXES = ("predictor_", "mask_", "ema_")
+OBJECTIVE_FIELDS = ("targets", "target_merge", "loss_type")
+
+
+def continued_model(source: str | os.PathLike, recipe: dict[str, Any], seed: int) -> BootlegForPretraining:
+    """`BootlegForPretraining` whose student and teacher start as the encoder `source` (anything `load_encoder`
+    takes), keeping its architecture and image size, with the recipe's objective: predictor, masking, EMA, loss and
+    the targets the recipe states (else the encoder config's). The predictor is initialised from `seed`."""
+    from .checkpoints import load_encoder
+    from .configuration_bootleg import PRESETS
+
+    encoder = load_encoder(source)
+    model = dict(recipe.get("model", {}))
+    fields = {**PRESETS[model.pop("preset", "vit-small")], **model}
+    objective = {k: v for k, v in fields.items() if k.startswith(OBJECTIVE_PREFIXES) or k in OBJECTIVE_FIELDS}
+    set_seed(seed)
+    return BootlegForPretraining.from_encoder(encoder, **objective)
 
 
 def holds_run(folder: str | os.PathLike) -> bool:
@@ -179,7 +202,8 @@ def build_trainer(settings: PretrainSettings, **training_overrides: Any) -> tupl
         recipe = load_recipe(s.recipe, list(s.overrides))
     if s.batch_size is not None:
         recipe.setdefault("training", {})["global_batch_size"] = s.batch_size
-    config = build_config(recipe)
+    model = continued_model(s.init_from, recipe, s.seed) if s.init_from is not None else None
+    config = model.config if model is not None else build_config(recipe)
     dataset = load_image_dataset(s.dataset, split=s.split)
     if s.limit is not None:
         dataset = dataset.select(range(min(s.limit, len(dataset))))
@@ -192,7 +216,7 @@ def build_trainer(settings: PretrainSettings, **training_overrides: Any) -> tupl
     if batches == 0 or (args.max_steps <= 0 and int(args.num_train_epochs * batches) == 0):
         raise ValueError(f"no training step would run: {len(dataset)} images, global batch {args.global_batch_size}, "
                          f"{args.num_train_epochs} epochs; use more images, a smaller batch or more epochs")
-    return BootlegTrainer(model=initial_model(config, s.seed), args=args, train_dataset=dataset), transform
+    return BootlegTrainer(model=model or initial_model(config, s.seed), args=args, train_dataset=dataset), transform
 
 
 def run_pretraining(settings: PretrainSettings, **training_overrides: Any) -> BootlegTrainer:
@@ -224,5 +248,5 @@ def end_process_group() -> None:
         close_process_group(wait=False)
 
 
-__all__ = ["PretrainSettings", "OutputDirError", "initial_model", "holds_run", "last_complete_checkpoint",
+__all__ = ["PretrainSettings", "OutputDirError", "initial_model", "continued_model", "holds_run", "last_complete_checkpoint",
            "run_lock", "build_trainer", "run_pretraining"]

@@ -49,3 +49,27 @@ def test_cpu_editions_train_and_their_encoders_load(name, tmp_path):
     assert state["global_step"] == 4
     encoder = BootlegModel.from_pretrained(out / "encoder")
     assert encoder.config.predictor_type == EDITIONS[name]["predictor_type"]
+
+
+def test_pretraining_continues_an_encoder_with_the_recipes_objective(tmp_path):
+    """`bootleg-pretrain --init-from` (the paper's Table 4: continue e.g. a converted I-JEPA checkpoint as Bootleg):
+    student and teacher start as the encoder, keep its architecture, and take the recipe's predictor and EMA."""
+    import torch
+    from conftest import tiny_config
+
+    from bootleg_hf import BootlegForPretraining
+
+    torch.manual_seed(3)
+    encoder = BootlegModel(tiny_config(num_hidden_layers=3, targets="1:1:3", predictor_hidden_size=8))
+    encoder.save_pretrained(tmp_path / "encoder")
+    still = ["--set", "training.lr_init=0", "--set", "training.lr_max=1e-12", "--set", "training.lr_final=0",
+             "--set", "training.wd_init=0", "--set", "training.wd_final=0", "--set", "training.warmup_epochs=0"]
+    assert pretrain_main(["--recipe", "vit-micro", "--init-from", str(tmp_path / "encoder"), "--dataset",
+                          "fashion-mnist", "--limit", "32", "--batch-size", "16", "--max-steps", "2", *still,
+                          "--output-dir", str(tmp_path / "run")]) == 0
+    model = BootlegForPretraining.from_pretrained(tmp_path / "run")
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.targets) == (32, 3, "1:1:3")
+    assert (model.config.predictor_hidden_size, model.config.ema_start) == (48, 0.996)  # vit-micro's objective
+    for name, value in encoder.state_dict().items():
+        assert torch.allclose(model.student.state_dict()[name], value, atol=1e-6), name
+        assert torch.allclose(model.teacher.state_dict()[name], value, atol=1e-6), name
