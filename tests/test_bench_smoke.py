@@ -92,7 +92,7 @@ def test_masking_bench(results):
     out = bench_masking.main(["--out", str(results / "masking.json"), "--batch-size", "8", "--repeats", "20",
                               "--warmup", "1", "--workers", "0", "--loader-batches", "2", "--image-size", "32"])
     check_machine(out)
-    assert set(out["generate"]) == {"bootleg", "ijepa", "random"}
+    assert set(out["generate"]) == {"bootleg", "ijepa", "random", "inverse_block"}  # every MaskGenerator mode
     assert out["loading"]["bootleg_collator"]["images_per_s"] > 0
 
 
