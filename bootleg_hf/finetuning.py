@@ -21,7 +21,6 @@ protocol, `low_shot_split.json` or `adapter/`.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import time
@@ -58,7 +57,8 @@ from .optim import adamw, layer_decay_groups
 from .precision import fast_bf16
 from .publishing import results_document
 from .recipes import (
-    RECIPE_DIR, RecipeError, apply_overrides, check_crop_scale, check_sections, read_recipe_file, world_size,
+    RECIPE_DIR, RecipeError, apply_overrides, available_recipes, check_crop_scale, check_sections, read_recipe_file,
+    recipe_path, typed_fields, world_size,
 )
 from .reports import write_report
 
@@ -142,34 +142,23 @@ class FinetuneTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-def _fields(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls, localns={"torch": torch})
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if not f.name.startswith("_")}
-
-
 def recipe_fields() -> dict[str, dict[str, Any]]:
     """Every key each section of a fine-tuning recipe accepts, with its type. `training` takes the
     `FinetuneTrainingArguments` fields plus `global_batch_size`, `warmup_epochs`, `base_lr` and `lr_reference_batch`
     (the LR is base_lr × global batch / lr_reference_batch, MAE's rule with 256)."""
-    training = _fields(FinetuneTrainingArguments) | {"global_batch_size": int, "warmup_epochs": float,
+    training = typed_fields(FinetuneTrainingArguments) | {"global_batch_size": int, "warmup_epochs": float,
                                                       "base_lr": float, "lr_reference_batch": int}
-    return {"model": _fields(FinetuneModel), "data": _fields(FinetuneData), "training": training}
+    return {"model": typed_fields(FinetuneModel), "data": typed_fields(FinetuneData), "training": training}
 
 
 def available_finetune_recipes() -> list[str]:
     """Names of the fine-tuning recipes shipped with the package."""
-    return sorted(p.stem for p in FINETUNE_RECIPE_DIR.glob("*.yaml"))
+    return available_recipes(FINETUNE_RECIPE_DIR)
 
 
 def finetune_recipe_path(recipe: str | os.PathLike) -> Path:
     """A shipped fine-tuning recipe's file for a name such as `vit-micro-full`, else `recipe` as a path."""
-    path = Path(recipe)
-    if path.is_file():
-        return path
-    if path.suffix not in (".yaml", ".yml") and (FINETUNE_RECIPE_DIR / f"{recipe}.yaml").is_file():
-        return FINETUNE_RECIPE_DIR / f"{recipe}.yaml"
-    raise FileNotFoundError(f"no fine-tuning recipe '{recipe}': give a YAML file or one of "
-                            f"{available_finetune_recipes()}")
+    return recipe_path(recipe, FINETUNE_RECIPE_DIR)
 
 
 @dataclass

@@ -53,19 +53,19 @@ RecipeLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def available_recipes() -> list[str]:
-    """Names of the recipes shipped with the package."""
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+def available_recipes(directory: Path = RECIPE_DIR) -> list[str]:
+    """Names of the recipes shipped with the package (pretraining; `directory` for another kind)."""
+    return sorted(p.stem for p in directory.glob("*.yaml"))
 
 
-def recipe_path(recipe: str | os.PathLike) -> Path:
-    """A shipped recipe's file for a name such as `vit-micro`, else `recipe` as a path."""
+def recipe_path(recipe: str | os.PathLike, directory: Path = RECIPE_DIR) -> Path:
+    """A shipped recipe's file for a name such as `vit-micro` (in `directory`), else `recipe` as a path."""
     path = Path(recipe)
     if path.is_file():
         return path
-    if path.suffix not in (".yaml", ".yml") and (RECIPE_DIR / f"{recipe}.yaml").is_file():
-        return RECIPE_DIR / f"{recipe}.yaml"
-    raise FileNotFoundError(f"no recipe '{recipe}': give a YAML file or one of {available_recipes()}")
+    if path.suffix not in (".yaml", ".yml") and (directory / f"{recipe}.yaml").is_file():
+        return directory / f"{recipe}.yaml"
+    raise FileNotFoundError(f"no recipe '{recipe}': give a YAML file or one of {available_recipes(directory)}")
 
 
 def parse_value(text: str) -> Any:
@@ -98,13 +98,15 @@ def load_recipe(recipe: str | os.PathLike, overrides: list[str] | tuple[str, ...
     return validate_recipe(apply_overrides(read_recipe_file(recipe_path(recipe)), overrides))
 
 
+def typed_fields(cls: type) -> dict[str, Any]:
+    """The public fields of a dataclass with their types (what a recipe section may set)."""
+    hints = typing.get_type_hints(cls, localns={"torch": torch})  # some base-class annotations name torch
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+
+
 def recipe_fields() -> dict[str, dict[str, Any]]:
     """Every key each section accepts, with its type."""
     from ..trainer import BootlegTrainingArguments
-
-    def typed_fields(cls: type) -> dict[str, Any]:
-        hints = typing.get_type_hints(cls, localns={"torch": torch})  # some base-class annotations name torch
-        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if not f.name.startswith("_")}
 
     model = typed_fields(BootlegConfig) | {"preset": str, "out_features": list[str], "out_indices": list[int]}
     training = typed_fields(BootlegTrainingArguments) | {"global_batch_size": int, "warmup_epochs": float}
@@ -216,4 +218,4 @@ def build_training_args(recipe: dict[str, Any], output_dir: str | os.PathLike, n
 
 
 __all__ = ["RECIPE_DIR", "RecipeError", "RecipeLoader", "available_recipes", "recipe_path", "parse_value",
-           "apply_overrides", "read_recipe_file", "load_recipe", "check_sections", "check_crop_scale", "validate_recipe", "build_config", "world_size", "build_training_args"]
+           "apply_overrides", "read_recipe_file", "load_recipe", "typed_fields", "check_sections", "check_crop_scale", "validate_recipe", "build_config", "world_size", "build_training_args"]
