@@ -579,8 +579,6 @@ def run_finetune(recipe: FinetuneRecipe, s: FinetuneSettings) -> dict[str, Any]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     args = training_args(recipe, out, len(train), max_steps=s.max_steps, seed=s.seed,
                          dataloader_num_workers=s.num_workers, **s.training_overrides)
-    if args.save_strategy != "no":
-        args.save_safetensors = True
     d = recipe.data
     mixup = None
     if task == "classification" and (d.mixup > 0 or d.cutmix > 0):

@@ -130,6 +130,8 @@ class ConvPredictor(nn.Module):
     `Conv2d(k × k, groups)` → LayerNorm over channels (no affine) → GELU, each added to its input when the widths
     match, on the `[B, D, Gh, Gw]` grid; then a Linear head at the target cells."""
 
+    needs_features = False
+
     def __init__(self, config: BootlegConfig):
         super().__init__()
         self.config = config
@@ -141,7 +143,6 @@ class ConvPredictor(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(w_in, dp, k, padding=k // 2, groups=groups)
                                    for w_in in widths[:-1])
         self.mask_noise_std = 0.01  # data2vec 2.0's mask_noise_std
-        self.needs_features = False
         spec = config.target_spec
         self.head = nn.Linear(dp, spec.target_dim(config.hidden_size, config.patch_size, config.num_channels))
 
