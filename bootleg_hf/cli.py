@@ -408,6 +408,12 @@ the commands of the runs made so far are in bench/README.md).
     p.add_argument("--keep-checkpoints", action="store_true", help="keep Trainer checkpoints of finished runs")
     p.add_argument("--analyze-images", type=int, default=0,
                    help="also analyse every encoder's representations on this many test images (0: no)")
+    p.add_argument("--seg-probes", type=_names, default=[],
+                   help="segmentation probes on the Fashion-MNIST mosaics, comma list from knn, lin, blk (default: "
+                        "none)")
+    p.add_argument("--seg-train", type=int, default=1000, help="train mosaics per seed")
+    p.add_argument("--seg-test", type=int, default=250, help="test mosaics per seed")
+    p.add_argument("--seg-epochs", type=int, default=None, help="Lin / Blk epochs (default: the quick protocol's)")
     a = p.parse_args(argv)
     _set_threads(a.threads)
     settings = AblationSettings(
@@ -416,7 +422,8 @@ the commands of the runs made so far are in bench/README.md).
         probes=a.probes, probe_epochs=a.probe_epochs, probe_train=a.probe_train or None,
         probe_test=a.probe_test or None, probe_batch_size=a.probe_batch_size, probe_lrs=a.probe_lrs,
         probe_wds=a.probe_wds, include_random_init=a.include_random_init, num_workers=a.num_workers,
-        keep_checkpoints=a.keep_checkpoints, analyze_images=a.analyze_images)
+        keep_checkpoints=a.keep_checkpoints, analyze_images=a.analyze_images, seg_probes=a.seg_probes,
+        seg_train=a.seg_train, seg_test=a.seg_test, seg_epochs=a.seg_epochs)
     print(report_markdown(run_ablation(settings, a.out, a.report)))
     return 0
 

@@ -163,3 +163,52 @@ def test_tiny_ablation_report_and_resume(tmp_path, monkeypatch):
     # other settings in the same folder are refused instead of silently mixed
     with pytest.raises(ValueError, match="other settings"):
         run_ablation(AblationSettings(**{**kwargs, "steps": 3}), out=tmp_path / "abl")
+
+
+@needs_fmnist
+def test_ablation_segmentation_probes(tmp_path):
+    """Mosaic segmentation as report columns: every run scored with the same kNN / Lin protocol on its seed's mosaics,
+    the random-init run taking its seed's reference, raw pixels as the kNN reference line, mIoU in the table."""
+    kwargs = dict(preset="vit-micro", objectives=["bootleg"], seeds=[0], steps=2, batch_size=8, probes=["patch"],
+                  probe_epochs=1, probe_train=32, probe_test=16, probe_lrs=[1e-3], probe_wds=[0.05],
+                  include_random_init=True, pretrain_limit=64, overrides=TINY, seg_probes=["knn", "lin"],
+                  seg_train=12, seg_test=6, seg_epochs=1)
+    data = run_ablation(AblationSettings(**kwargs), out=tmp_path / "abl")
+    assert data["metrics"] == ["patch", "knn", "linear", "seg-knn", "seg-lin"]
+    runs = {r["objective"]: r for r in data["runs"]}
+    for name in ("bootleg", "random-init"):
+        for k in ("seg-knn", "seg-lin"):
+            assert 0 <= runs[name]["probes"][k]["miou"] <= 100
+    assert runs["bootleg"]["settings"]["seg_protocol"]["name"] == "quick"
+    assert runs["bootleg"]["settings"]["seg_protocol"]["epochs"] == 1
+
+    # the bootleg run's scores are those of run_segmentation on its exported teacher with the seed's mosaics
+    from bootleg_hf.evaluation.segmentation import run_segmentation
+    s = AblationSettings(**kwargs)
+    again = run_segmentation(str(tmp_path / "abl" / "runs" / "bootleg-s0" / "encoder"),
+                             ablation._Data(s).mosaics(0), s.segmentation_settings(0))
+    assert runs["bootleg"]["probes"]["seg-knn"]["miou"] == pytest.approx(again["probes"]["knn"]["best"]["miou"])
+    assert runs["bootleg"]["probes"]["seg-lin"]["miou"] == pytest.approx(again["probes"]["lin"]["best"]["miou"],
+                                                                         abs=1e-4)
+    assert again["num_train"] == 12 and again["num_test"] == 6
+
+    saved = json.loads((tmp_path / "abl" / "references" / "s0.json").read_text())
+    assert runs["random-init"]["probes"]["seg-knn"] == saved["scores"]["random init"]["seg-knn"]
+    pixels = saved["scores"]["raw pixels"]
+    assert set(pixels) == {"knn", "linear", "seg-knn"}  # no trained head on raw pixels
+    assert data["references"]["raw pixels"]["probes"]["seg-knn"]["values"] == [pixels["seg-knn"]["miou"]]
+    assert data["paired_vs_bootleg"]["raw pixels"]["seg-knn"]["values"] == [
+        pytest.approx(pixels["seg-knn"]["miou"] - runs["bootleg"]["probes"]["seg-knn"]["miou"])]
+
+    md = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| knn top-1 % | linear top-1 % | seg-knn mIoU % | seg-lin mIoU % |" in md
+    assert "Segmentation probes knn, lin (columns seg-*): quick protocol" in md
+    row = next(line for line in md.splitlines() if line.startswith("| raw pixels (reference) |"))
+    cells = row.split(" | ")
+    assert cells[7] == fmt(data["references"]["raw pixels"]["probes"]["seg-knn"]) and cells[8] == "–"
+
+    # segmentation settings are part of a run's signature: other sizes in the same folder are refused
+    with pytest.raises(ValueError, match="other settings"):
+        run_ablation(AblationSettings(**{**kwargs, "seg_test": 7}), out=tmp_path / "abl")
+    with pytest.raises(ValueError, match="segmentation probes"):
+        AblationSettings(seg_probes=["knnn"])

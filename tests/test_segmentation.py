@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,13 @@ from safetensors.torch import load_file
 
 from bootleg_hf import BootlegForSemanticSegmentation
 from bootleg_hf.checkpoints import export_pretrained, load_encoder
-from bootleg_hf.data import IMAGENET_MEAN, IMAGENET_STD, SegmentationTrainTransform, decode_image
+from bootleg_hf.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SegmentationTrainTransform,
+    decode_image,
+    make_mosaic_segmentation,
+)
 from bootleg_hf.evaluation.segmentation import (
     SEGMENTATION_PROTOCOLS,
     KnnSegmenter,
@@ -27,6 +34,8 @@ from bootleg_hf.evaluation.segmentation import (
     load_segmentation_split,
     miou,
     patch_label_blocks,
+    pixel_knn_segmentation,
+    pixel_tokens,
     predict_segmentation,
     prepare,
     run_segmentation,
@@ -74,6 +83,34 @@ def test_label_blocks_layout_and_round_trip():
     assert blocks[0].tolist() == [0, 1, 6, 7] and blocks[1].tolist() == [2, 3, 8, 9]  # raster order of patches
     assert blocks[3].tolist() == [12, 13, 18, 19]
     assert torch.equal(blocks_to_maps(blocks, 2, (2, 3), 2), labels)
+
+
+def test_pixel_tokens_are_each_patchs_pixels_in_raster_order():
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
+    tokens = pixel_tokens(x, 2)
+    assert tokens.shape == (2, 2 * 3, 3 * 4)
+    # token 4 of image 1 is patch row 1, column 1: pixels [2:4, 2:4] of each channel, channel-major
+    assert torch.equal(tokens[1, 4], x[1, :, 2:4, 2:4].reshape(-1))
+    assert torch.equal(tokens[0, 2], x[0, :, 0:2, 4:6].reshape(-1))
+
+
+@needs_fmnist
+def test_pixel_knn_segmentation_is_the_knn_probe_on_patch_pixels():
+    config = tiny_config(image_size=16, patch_size=4)
+    data = datasets.DatasetDict(train=make_mosaic_segmentation("train", 10, seed=0),
+                                test=make_mosaic_segmentation("test", 4, seed=1))
+    settings = SegmentationSettings(probes=("knn",), limit_train=None, limit_test=None, ks=(1, 3))
+    result = pixel_knn_segmentation(data, config, settings)
+    train_pixels, train_labels = prepare(data["train"], config, 16, "image", "mask")
+    test_pixels, test_labels = prepare(data["test"], config, 16, "image", "mask")
+    # the patches by hand: [N, 3, 16, 16] → [N, 4·4 patches, 3·4·4 pixels]
+    by_hand = [p.reshape(len(p), 3, 4, 4, 4, 4).permute(0, 2, 4, 1, 3, 5).reshape(len(p), 16, 48)
+               for p in (train_pixels, test_pixels)]
+    knn = knn_segmentation(by_hand[0], train_labels, by_hand[1], test_labels, 11, 4, 0, (1, 3), ("cosine", "l2"))
+    best = max(knn, key=lambda k: knn[k]["miou"])
+    assert result["best"]["setting"] == best
+    assert result["best"]["miou"] == pytest.approx(100 * knn[best]["miou"])
+    assert len(result["grid"]) == 4 and all(0 <= g["miou"] <= 100 for g in result["grid"])
 
 
 # --- kNN --------------------------------------------------------------------------------------------------------------
@@ -332,9 +369,7 @@ def test_exported_segmentation_heads_give_the_logits_they_were_scored_with(tmp_p
 @needs_fmnist
 def test_run_segmentation_on_a_dataset_folder_with_image_and_mask_columns(tmp_path):
     """Any dataset with image + mask columns: a `save_to_disk` folder with renamed columns and two ignore labels."""
-    import datasets
-
-    from bootleg_hf.data import MOSAIC_LABELS, make_mosaic_segmentation
+    from bootleg_hf.data import MOSAIC_LABELS
 
     splits = {split: make_mosaic_segmentation(split, 12, seed).rename_columns({"image": "img", "mask": "seg"})
               for split, seed in (("train", 0), ("test", 1))}

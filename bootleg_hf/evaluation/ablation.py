@@ -63,7 +63,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..checkpoints import encoder_copy, load_encoder, save_model_folder
 from ..configuration_bootleg import PROBE_TYPES, default_targets
-from ..data import load_image_dataset
+from ..data import MOSAIC_LABELS, load_image_dataset, make_mosaic_segmentation
 from ..pretraining import PretrainSettings, build_trainer, initial_model
 from ..recipes import build_config, load_recipe, recipe_path
 from ..reports import write_json, write_text
@@ -80,6 +80,7 @@ from .classification import (
 )
 from .common import check_names, default_device
 from .quick_metrics import KNN_DESCRIPTION, LINEAR_DESCRIPTION
+from .segmentation import SEGMENTATION_PROBES, SegmentationSettings, pixel_knn_segmentation, run_segmentation
 
 DEFAULT_OBJECTIVES = ("bootleg", "last", "ijepa", "average", "pixels", "random-mask")
 ALL_OBJECTIVES = DEFAULT_OBJECTIVES + ("deep", "middle")
@@ -98,6 +99,7 @@ LABELS = {
     RANDOM_REFERENCE: "random init (reference, no pretraining)",
 }
 QUICK_METRICS = ("knn", "linear")  # the quick metrics, reported like probes: "knn" / "linear" → {"top1": ...}
+SEG_PREFIX = "seg-"  # segmentation probes on the mosaics, reported like probes: "seg-knn" → {"miou": ...}
 # docs/design.md §12, the paper's ablation (ViT-S/16, 300 epochs, IN-1k top-1 %): objective → (X-Blk, Patch)
 PAPER_ABLATION = {"bootleg": (74.4, 67.8), "deep": (69.7, 60.2), "middle": (72.2, 61.6), "average": (69.8, 57.2),
                   "pixels": (66.7, 52.9)}
@@ -151,10 +153,19 @@ class AblationSettings:
     num_workers: int = 0
     keep_checkpoints: bool = False
     analyze_images: int = 0
+    seg_probes: Sequence[str] = ()
+    seg_train: int = 1000
+    seg_test: int = 250
+    seg_epochs: int | None = None
 
     def __post_init__(self) -> None:
         self.objectives = check_names(dict.fromkeys(self.objectives), ALL_OBJECTIVES, "objectives")
         self.probes = check_names(self.probes, PROBE_TYPES, "probe types")
+        self.seg_probes = check_names(self.seg_probes, SEGMENTATION_PROBES, "segmentation probes") \
+            if self.seg_probes else []
+        for name in ("seg_train", "seg_test"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.seeds:
             raise ValueError("give at least one seed")
         self.overrides, self.seeds = list(self.overrides), list(self.seeds)
@@ -165,8 +176,8 @@ class AblationSettings:
 
     @property
     def metrics(self) -> list[str]:
-        """The report's score columns: the probe types, then the quick metrics."""
-        return [*self.probes, *QUICK_METRICS]
+        """The report's score columns: the probe types, the quick metrics, then the segmentation probes."""
+        return [*self.probes, *QUICK_METRICS, *(SEG_PREFIX + k for k in self.seg_probes)]
 
     def probe_settings(self, seed: int, quick_metrics: bool = True) -> ProbeSettings:
         """The probes of one run: its reference lines come from `reference_scores`, once per seed."""
@@ -176,6 +187,11 @@ class AblationSettings:
                              seed=seed, num_workers=self.num_workers, quick_metrics=quick_metrics,
                              references=False)
 
+    def segmentation_settings(self, seed: int) -> SegmentationSettings:
+        """The segmentation probes of one run: the quick protocol on all of the seed's mosaics (`_Data.mosaics`)."""
+        return SegmentationSettings(probes=self.seg_probes, limit_train=None, limit_test=None, epochs=self.seg_epochs,
+                                    label_names=MOSAIC_LABELS, seed=seed, num_workers=self.num_workers)
+
     def signature(self, recipe_name: str, base_recipe: dict[str, Any]) -> dict[str, Any]:
         """What a finished run must have been made with to be reused."""
         return {"recipe": recipe_name, "recipe_content": base_recipe, "overrides": self.overrides,
@@ -184,7 +200,15 @@ class AblationSettings:
                 "warmup_steps": self.warmup_steps, "probe_epochs": self.probe_epochs, "probe_train": self.probe_train,
                 "probe_test": self.probe_test, "probe_batch_size": self.probe_batch_size,
                 "probe_lrs": list(self.probe_lrs), "probe_wds": list(self.probe_wds),
-                "probe_protocol": "quick", "probe_lr_scale": self.probe_settings(0).lr_scale}
+                "probe_protocol": "quick", "probe_lr_scale": self.probe_settings(0).lr_scale,
+                **self.segmentation_signature()}
+
+    def segmentation_signature(self) -> dict[str, Any]:
+        """The segmentation part of `signature` (empty without segmentation probes, as before they existed)."""
+        if not self.seg_probes:
+            return {}
+        return {"seg_probes": sorted(self.seg_probes), "seg_train": self.seg_train, "seg_test": self.seg_test,
+                "seg_protocol": self.segmentation_settings(0).head_training()}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -247,6 +271,23 @@ def probe_scores(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if "quick_metrics" in results:
         scores.update(quick_scores(results["quick_metrics"]["rows"]["encoder"]))
     return scores
+
+
+def segmentation_scores(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`run_segmentation` results → `{"seg-<probe>": {"miou", "pixel_accuracy", "best"}}` (in %; `best`: the kNN
+    setting or the head's learning rate that scored highest)."""
+    return {SEG_PREFIX + k: {"miou": r["best"]["miou"], "pixel_accuracy": r["best"]["pixel_accuracy"],
+                             "best": r["best"].get("setting", r["best"].get("lr"))}
+            for k, r in results["probes"].items()}
+
+
+def metric_value(score: dict[str, Any]) -> float:
+    """The number a report shows for one score: top-1 % for classification, mIoU % for segmentation."""
+    return score["top1"] if "top1" in score else score["miou"]
+
+
+def metric_unit(metric: str) -> str:
+    return "mIoU %" if metric.startswith(SEG_PREFIX) else "top-1 %"
 
 
 def quick_scores(row: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -315,6 +356,7 @@ class _Data:
         self.s = s
         self._train: datasets.Dataset | None = None
         self._probe: datasets.DatasetDict | None = None
+        self._mosaics: dict[int, datasets.DatasetDict] = {}
 
     @property
     def pretrain(self) -> datasets.Dataset:
@@ -331,17 +373,28 @@ class _Data:
                                                test=load_image_dataset(self.s.dataset, "test"))
         return self._probe
 
+    def mosaics(self, seed: int) -> datasets.DatasetDict:
+        """Seed `seed`'s segmentation task: `seg_train` / `seg_test` Fashion-MNIST mosaics (train images from the
+        train split, test images from the test split), the same for every objective of the seed."""
+        if seed not in self._mosaics:
+            self._mosaics[seed] = datasets.DatasetDict(
+                train=make_mosaic_segmentation("train", self.s.seg_train, seed=seed),
+                test=make_mosaic_segmentation("test", self.s.seg_test, seed=seed + 1))
+        return self._mosaics[seed]
+
 
 def reference_scores(seed: int, base_recipe: dict[str, Any], s: AblationSettings, data: _Data,
                      out: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """The quick metrics (`quick_scores`) of the reference lines on seed `seed`'s probe subsets: raw pixels
     (`PIXELS`) and the seed's initial encoder (`RANDOM_REFERENCE`: the encoder every objective of the seed starts
-    from, what the random-init run probes). Computed once per seed and kept in `<out>/references/s<seed>.json`
-    (recomputed when the architecture, data or subset sizes differ)."""
+    from, what the random-init run probes); with segmentation probes, also their scores on the seed's mosaics
+    (`segmentation_scores`; raw pixels: the kNN probe on each patch's pixels). Computed once per seed and kept in
+    `<out>/references/s<seed>.json` (recomputed when the architecture, data, subset sizes or segmentation probes
+    differ)."""
     path = out / "references" / f"s{seed}.json"
     dataset = s.dataset if isinstance(s.dataset, str) else "custom"
     expected = json.loads(json.dumps({"model": base_recipe["model"], "dataset": dataset, "probe_train": s.probe_train,
-                                      "probe_test": s.probe_test, "seed": seed}))
+                                      "probe_test": s.probe_test, "seed": seed, **s.segmentation_signature()}))
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved["settings"] == expected:
@@ -353,8 +406,15 @@ def reference_scores(seed: int, base_recipe: dict[str, Any], s: AblationSettings
     quick = quick_metric_results({RANDOM_REFERENCE: encoder.requires_grad_(False).eval().to(device)}, train, test,
                                  len(class_names(train)), settings, device, pixels=True)
     scores = {name: quick_scores(row) for name, row in quick["rows"].items()}
-    write_json(path, {"settings": expected, "init_sha256": state_sha256(encoder), "quick_metrics": quick,
-                      "scores": scores})
+    record: dict[str, Any] = {"settings": expected, "init_sha256": state_sha256(encoder), "quick_metrics": quick}
+    if s.seg_probes:
+        mosaics, seg_settings = data.mosaics(seed), s.segmentation_settings(seed)
+        record["segmentation"] = run_segmentation(encoder, mosaics, seg_settings)
+        scores[RANDOM_REFERENCE].update(segmentation_scores(record["segmentation"]))
+        if "knn" in s.seg_probes:
+            scores[PIXELS].update(segmentation_scores({"probes": {"knn": pixel_knn_segmentation(
+                mosaics, encoder.config, seg_settings)}}))
+    write_json(path, {**record, "scores": scores})
     return scores
 
 
@@ -389,7 +449,11 @@ def run_one(name: str, seed: int, expected: dict[str, Any], base_recipe: dict[st
     tock = time.perf_counter()
     pretrained = name != RANDOM_INIT
     results = run_probes(model, data.probe, s.probe_settings(seed, quick_metrics=pretrained))
-    scores = probe_scores(results) if pretrained else {**probe_scores(results), **references[RANDOM_REFERENCE]}
+    scores = probe_scores(results)
+    if pretrained and s.seg_probes:
+        scores.update(segmentation_scores(run_segmentation(model, data.mosaics(seed), s.segmentation_settings(seed))))
+    elif not pretrained:
+        scores.update(references[RANDOM_REFERENCE])
     result = {
         "objective": name, "seed": seed, "label": LABELS[name], "settings": expected,
         "target_spec": str(config.target_spec) if pretrained else None,
@@ -450,7 +514,7 @@ def run_ablation(settings: AblationSettings | None = None, out: str | Path = "ru
         result = run_one(name, seed, expected, base_recipe, depth, s, data, run_dir, references[seed])
         ran.append(run_dir.name)
         elapsed = time.perf_counter() - start
-        scores = ", ".join(f"{k} {v['top1']:.2f}" for k, v in result["probes"].items())
+        scores = ", ".join(f"{k} {metric_value(v):.2f}" for k, v in result["probes"].items())
         remaining = len(plan) - i - 1
         print(f"  {run_dir.name}: {scores} ({result['wall_s']:.0f} s; {elapsed / 60:.1f} min so far"
               + (f", ~{elapsed / max(1, len(ran)) * remaining / 60:.0f} min to go)" if remaining else ")"), flush=True)
@@ -466,12 +530,14 @@ def run_ablation(settings: AblationSettings | None = None, out: str | Path = "ru
         "preset": s.preset, "depth": depth,
         "objectives": {n: {"label": LABELS[n], **objective_settings(n, depth)} for n in s.objectives},
         "seeds": s.seeds, "probes": s.probes, "metrics": s.metrics, "settings": signature,
+        "seg_probes": s.seg_probes, "seg_protocol": s.segmentation_settings(0).head_training() if s.seg_probes else None,
         "probe_protocol": s.probe_settings(s.seeds[0]).protocol_label, "analyze_images": s.analyze_images,
         "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
         "summary": summarize(finished, names, s.metrics),
         "references": {name: {"label": LABELS[name],
-                              "probes": {k: mean_std([r["probes"][k]["top1"] for r in reference_runs
-                                                      if r["objective"] == name]) for k in QUICK_METRICS}}
+                              "probes": {k: mean_std([metric_value(r["probes"][k]) for r in reference_runs
+                                                      if r["objective"] == name])
+                                         for k in s.metrics if k in references[s.seeds[0]][name]}}
                        for name in dict.fromkeys(r["objective"] for r in reference_runs)},
         "paired_vs_bootleg": paired_differences(finished + reference_runs, s.metrics),
         "runs": finished, "ran": ran, "skipped": skipped,
@@ -493,7 +559,7 @@ def summarize(runs: list[dict[str, Any]], names: list[str], probes: list[str]) -
     for name in names:
         mine = sorted((r for r in runs if r["objective"] == name), key=lambda r: r["seed"])
         entry = {"label": LABELS[name], "seeds": [r["seed"] for r in mine],
-                 "probes": {k: mean_std([r["probes"][k]["top1"] for r in mine]) for k in probes}}
+                 "probes": {k: mean_std([metric_value(r["probes"][k]) for r in mine]) for k in probes}}
         if name != RANDOM_INIT:
             entry.update(targets=mine[0]["settings"]["targets"], target_merge=mine[0]["settings"]["target_merge"],
                          mask_mode=mine[0]["settings"]["mask_mode"], target_spec=mine[0]["target_spec"],
@@ -518,7 +584,7 @@ def paired_differences(runs: list[dict[str, Any]], probes: list[str]) -> dict[st
         if name == "bootleg" or seed not in bootleg:
             continue
         for k in (k for k in probes if k in r["probes"]):  # a reference line has the quick metrics only
-            diff = r["probes"][k]["top1"] - bootleg[seed]["probes"][k]["top1"]
+            diff = metric_value(r["probes"][k]) - metric_value(bootleg[seed]["probes"][k])
             out.setdefault(name, {}).setdefault(k, []).append(diff)
     return {name: {k: {**mean_std(v), "ci95": ci95(v)} for k, v in per.items()} for name, per in out.items()}
 
@@ -563,12 +629,17 @@ def report_markdown(data: dict[str, Any]) -> str:
              f"metrics knn ({KNN_DESCRIPTION}) and linear ({LINEAR_DESCRIPTION}) on the teacher's "
              "pooled output (CLS token, or mean patch token without one), cached for the same images in the "
              "evaluation view; reference lines: the raw pixels (average-pooled to the patch grid) and each seed's "
-             "initial encoder, on that seed's images. Seeds "
+             "initial encoder, on that seed's images. "
+             + (f"Segmentation probes {', '.join(data['seg_probes'])} (columns seg-*): "
+                f"{data['seg_protocol']['description']}, {data['seg_protocol']['epochs']} epochs, on "
+                f"{s['seg_train']} / {s['seg_test']} Fashion-MNIST mosaics drawn with each seed (`bootleg-segment`'s "
+                "task), mIoU % of the best kNN setting or head learning rate on the test mosaics; raw pixels: the kNN "
+                "probe on each patch's pixels. " if data.get("seg_probes") else "") + "Seeds "
              f"{', '.join(map(str, data['seeds']))}; mean ± sample std over the {n_seeds} seeds. Device: "
              f"{data['device']}, {data['threads']} torch thread(s). Wall time: "
              f"{data['wall_time_s']['all_runs'] / 60:.1f} min over all runs. The final loss is the MSE on each "
              "objective's own targets: it is not comparable across objectives.", "",
-             "| objective | targets | merge | masking | " + " | ".join(f"{k} top-1 %" for k in metrics)
+             "| objective | targets | merge | masking | " + " | ".join(f"{k} {metric_unit(k)}" for k in metrics)
              + " | final loss | pretrain s/run |",
              "|---" * (6 + len(metrics)) + "|"]
     for name, e in [*summary.items(), *data["references"].items()]:
@@ -598,7 +669,7 @@ def report_markdown(data: dict[str, Any]) -> str:
         loss = r["pretrain"].get("loss_last")
         stds = r["pretrain"].get("target_std_last") or {}
         lines.append(f"| {LABELS[r['objective']]} | {r['seed']} | "
-                     + " | ".join(f"{r['probes'][k]['top1']:.2f}" for k in metrics)
+                     + " | ".join(f"{metric_value(r['probes'][k]):.2f}" for k in metrics)
                      + f" | {'–' if loss is None else f'{loss:.3f}'} | "
                      + (", ".join(f"{name} {v:.2f}" for name, v in stds.items()) or "–") + " |")
     analysed = [n for n, e in summary.items() if "representation" in e]
@@ -660,7 +731,7 @@ def plot_report(data: dict[str, Any], path: Path) -> None:
                     color="black" if n == RANDOM_INIT else "white", fontweight="bold")
     ax.set_xticks(x, [LABELS[n].replace(" (", "\n(").replace(", ", ",\n", 1) for n in names], fontsize=7)
     s = data["settings"]
-    ax.set(ylabel="top-1 % (frozen encoder)",
+    ax.set(ylabel=("top-1 % / mIoU %" if data.get("seg_probes") else "top-1 %") + " (frozen encoder)",
            title=f"Objective ablation, {data['preset']} on {s['dataset']}: {s['steps']} steps × {s['batch_size']}, "
                  f"mean ± std over {len(data['seeds'])} seeds")
     ax.title.set_fontsize(9)

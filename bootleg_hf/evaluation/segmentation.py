@@ -240,6 +240,20 @@ def knn_segmentation(train_tokens: torch.Tensor, train_labels: torch.Tensor, tes
     return results
 
 
+def knn_summary(knn: dict[str, dict]) -> dict[str, Any]:
+    """`knn_segmentation`'s results in % as a probe result: the best (metric, k) on the test split, and the grid."""
+    scored = {name: _percent(r) for name, r in knn.items()}
+    best = max(scored, key=lambda name: scored[name]["miou"])
+    return {"best": {"setting": best, **scored[best]}, "grid": [
+        {"setting": name, **{k: v for k, v in r.items() if k != "per_class_iou"}} for name, r in scored.items()]}
+
+
+def pixel_tokens(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The raw-pixel reference's "tokens": `pixel_values [N, C, R, R]` → each patch's pixels `[N, h·w, C·P²]`, in the
+    encoder's raster order, with no prefix tokens."""
+    return F.unfold(pixel_values.float(), patch_size, stride=patch_size).transpose(1, 2)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Lin / Blk head training
 # --------------------------------------------------------------------------------------------------------------------
@@ -634,10 +648,7 @@ def run_segmentation(model: str | os.PathLike | BootlegModel,
         knn = knn_segmentation(train_tokens, train_labels, test_tokens, test_labels, len(label_names),
                                config.patch_size, config.num_prefix_tokens, s.ks, s.metrics, s.ignore_index)
         timings["knn_s"] = time.perf_counter() - tick
-        scored = {name: _percent(r) for name, r in knn.items()}
-        best = max(scored, key=lambda name: scored[name]["miou"])
-        results["probes"]["knn"] = {"best": {"setting": best, **scored[best]}, "grid": [
-            {"setting": name, **{k: v for k, v in r.items() if k != "per_class_iou"}} for name, r in scored.items()]}
+        results["probes"]["knn"] = knn_summary(knn)
     trained = {}
     if training["lrs"]:
         results["protocol"] = training
@@ -663,6 +674,24 @@ def run_segmentation(model: str | os.PathLike | BootlegModel,
     if out is not None:
         save_segmentation_outputs(results, trained, encoder, Path(out))
     return results
+
+
+def pixel_knn_segmentation(dataset: datasets.DatasetDict, config, settings: SegmentationSettings | None = None,
+                           num_labels: int | None = None) -> dict[str, Any]:
+    """The kNN probe on raw pixels, the reference line of the segmentation probes: every patch of the train and test
+    images (resized to R×R as `run_segmentation` does, for the patch size of `config`) represented by its pixels.
+    Returns the `knn` probe result (`knn_summary`); `num_labels` defaults to the mosaic's classes."""
+    s = settings or SegmentationSettings()
+    size = s.image_size or config.image_hw[0]
+    columns = (s.image_column, s.mask_column)
+    train = load_segmentation_split(dataset, "train", s.limit_train, s.seed, *columns)
+    test = load_segmentation_split(dataset, s.test_split, s.limit_test, s.seed + 1, *columns)
+    (train_pixels, train_labels), (test_pixels, test_labels) = (prepare(ds, config, size, *columns)
+                                                                for ds in (train, test))
+    p = config.patch_size
+    knn = knn_segmentation(pixel_tokens(train_pixels, p), train_labels, pixel_tokens(test_pixels, p), test_labels,
+                           num_labels or len(MOSAIC_LABELS), p, 0, s.ks, s.metrics, s.ignore_index)
+    return knn_summary(knn)
 
 
 def save_segmentation_outputs(results: dict[str, Any], trained: dict[str, nn.Module], encoder: BootlegModel,
@@ -712,4 +741,5 @@ __all__ = ["KNN_KS", "KNN_METRICS", "SEGMENTATION_PROBES", "HEAD_KINDS", "Segmen
            "SEGMENTATION_PROTOCOLS", "confusion_matrix", "segmentation_scores", "miou", "encode", "patch_label_blocks",
            "blocks_to_maps", "KnnSegmenter", "knn_segmentation", "SegmentationSweep", "train_sweeps",
            "feature_batches", "image_batches", "train_segmentation_head", "predict_segmentation",
-           "SegmentationSettings", "run_segmentation", "save_segmentation_outputs", "segment_markdown"]
+           "SegmentationSettings", "run_segmentation", "pixel_knn_segmentation", "pixel_tokens",
+           "knn_summary", "save_segmentation_outputs", "segment_markdown"]
