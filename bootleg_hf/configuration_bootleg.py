@@ -81,7 +81,9 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
         mask_repeats: masked views of each image per step (data2vec 2.0's multi-mask), one teacher pass for all.
         targets, target_merge: teacher targets in the `TargetSpec` grammar; default `default_targets(depth)`.
         loss_type: the prediction loss, `mse` (Bootleg's), `smooth_l1` (I-JEPA's) or `l1` (`bootleg_hf.losses`).
-        mask_*: masking (docs/design.md §5). ema_start, ema_end: teacher momentum schedule endpoints
+        mask_*: masking (docs/design.md §5); `mask_prediction_ratio` (modes `random`, `inverse_block`): CrossMAE's
+            partial reconstruction (its `kept_mask_ratio`), predict only this fraction of the tokens, drawn from the
+            hidden ones; None (default): every hidden token. ema_start, ema_end: teacher momentum schedule endpoints
             (docs/design.md §4.4).
         probe_type, segmentation_head: head types of `BootlegForImageClassification` / `…ForSemanticSegmentation`.
         out_features, out_indices, apply_layernorm, reshape_hidden_states: `BootlegBackbone` outputs
@@ -127,6 +129,7 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     mask_ratio: float = 0.75
     mask_block_size: int = 3
     mask_block_adjust: float | int = 0.07
+    mask_prediction_ratio: float | int | None = None
     mask_repeats: int = 1
     ema_start: float | int = 0.9985
     ema_end: float | int = 0.9985
@@ -216,6 +219,12 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
+        if self.mask_prediction_ratio is not None and (
+                self.mask_mode not in ("random", "inverse_block")
+                or not 0.0 < self.mask_prediction_ratio <= self.mask_ratio):
+            raise ValueError(f"mask_prediction_ratio={self.mask_prediction_ratio} (partial reconstruction) needs "
+                             f"mask_mode 'random' or 'inverse_block' (got '{self.mask_mode}') and a value in "
+                             f"(0, mask_ratio={self.mask_ratio}]")
         if self.predictor_type not in PREDICTOR_TYPES:
             raise ValueError(f"predictor_type must be one of {PREDICTOR_TYPES}, got '{self.predictor_type}'")
         if self.predictor_feature_maps and self.predictor_type != "crossmae":

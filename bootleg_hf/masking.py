@@ -70,12 +70,15 @@ class MaskGenerator:
             seeded like every other mode. Legacy also requires each *target* block to have more than
             ``min_keep`` tokens, which either always holds or makes it loop forever; that check is skipped.
         ``"random"``: MAE uniform masking; ``int(N·(1 − mask_ratio))`` visible tokens, one "rectangle"
-            holding every hidden token.
+            holding every hidden token (or, with ``prediction_ratio``, CrossMAE's partial reconstruction: a
+            uniformly drawn subset of them, ``N − int(N·(1 − mask_ratio)) − int(N·(mask_ratio −
+            prediction_ratio))`` tokens, as CrossMAE's ``kept_mask_ratio`` counts them).
         ``"inverse_block"``: data2vec 2.0's inverse block masking: ``int(N·(1 − mask_ratio + block_adjust) /
             block_size²)`` block centres drawn uniformly with replacement, each grown to a ``block_size`` square
             (centred, offsets ``i − block_size // 2``, clamped to the grid as data2vec clamps them) that is
             *visible*; then exactly ``int(N·(1 − mask_ratio))`` visible tokens per image (surplus ones dropped,
-            missing ones added, each uniformly at random); one "rectangle" holding every hidden token.
+            missing ones added, each uniformly at random); one "rectangle" holding every hidden token (or the
+            ``prediction_ratio`` subset, as in ``"random"``).
 
     Every ``generate`` call builds a fresh ``numpy`` RNG from
     ``SeedSequence([seed, epoch, rank, worker, *batch_index])``, so masks are a pure function of these inputs.
@@ -94,6 +97,7 @@ class MaskGenerator:
         mask_ratio: float = 0.75,
         block_size: int = 3,
         block_adjust: float = 0.07,
+        prediction_ratio: float | None = None,
         seed: int = 0,
     ) -> None:
         dims = (grid, grid) if isinstance(grid, (int, np.integer)) else tuple(int(g) for g in grid)
@@ -133,6 +137,13 @@ class MaskGenerator:
         if block_adjust < 0:
             raise ValueError(f"block_adjust must be >= 0, got {block_adjust}")
         self.block_size, self.block_adjust = int(block_size), float(block_adjust)
+        if prediction_ratio is not None:
+            if mode not in ("random", "inverse_block"):
+                raise ValueError(f"prediction_ratio (partial reconstruction) needs mode 'random' or 'inverse_block', "
+                                 f"whose targets are every hidden token; got mode {mode!r}")
+            if not 0 < prediction_ratio <= mask_ratio:
+                raise ValueError(f"prediction_ratio must lie in (0, mask_ratio={mask_ratio}], got {prediction_ratio}")
+        self.prediction_ratio = None if prediction_ratio is None else float(prediction_ratio)
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
         self.seed = int(seed)
@@ -166,7 +177,7 @@ class MaskGenerator:
                    target_scale=config.mask_target_scale, target_aspect=config.mask_target_aspect,
                    context_scale=config.mask_context_scale, min_context=config.mask_min_context,
                    mask_ratio=config.mask_ratio, block_size=config.mask_block_size,
-                   block_adjust=config.mask_block_adjust, seed=seed)
+                   block_adjust=config.mask_block_adjust, prediction_ratio=config.mask_prediction_ratio, seed=seed)
 
     @property
     def num_patches(self) -> int:
@@ -177,7 +188,7 @@ class MaskGenerator:
                 f"target_scale={self.target_scale}, target_aspect={self.target_aspect}, "
                 f"context_scale={self.context_scale}, min_context={self.min_context}, "
                 f"mask_ratio={self.mask_ratio}, block_size={self.block_size}, block_adjust={self.block_adjust}, "
-                f"seed={self.seed})")
+                f"prediction_ratio={self.prediction_ratio}, seed={self.seed})")
 
     # ------------------------------------------------------------------------------------------------ API
     def generate(
@@ -328,7 +339,7 @@ class MaskGenerator:
         k = int(n * (1 - self.mask_ratio))
         visible = np.zeros((b, n), dtype=bool)
         np.put_along_axis(visible, np.argsort(rng.random((b, n)))[:, :k], True, axis=1)
-        return self._rows(visible, k), self._rows(~visible, n - k)[:, None, :], ~visible
+        return self._hidden_targets(rng, visible, k)
 
 
     def _inverse_block(self, rng: np.random.Generator, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -345,7 +356,23 @@ class MaskGenerator:
         order = np.argsort(rng.random((b, n)) + ~blocks, axis=1)[:, :k]
         visible = np.zeros((b, n), dtype=bool)
         np.put_along_axis(visible, order, True, axis=1)
-        return self._rows(visible, k), self._rows(~visible, n - k)[:, None, :], ~visible
+        return self._hidden_targets(rng, visible, k)
+
+    def _num_predicted(self, ratio: float) -> int:
+        n = self.num_patches
+        return n - int(n * (1 - self.mask_ratio)) - int(n * (self.mask_ratio - ratio))
+
+    def _hidden_targets(self, rng: np.random.Generator, visible: np.ndarray,
+                        k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Context = the `k` visible tokens; one target "rectangle" = every hidden token, or with `prediction_ratio`
+        a uniformly drawn subset of them (drawn after the context, so the context is the same either way)."""
+        targets = ~visible
+        if self.prediction_ratio is not None:
+            p = self._num_predicted(self.prediction_ratio)
+            chosen = np.argsort(rng.random(visible.shape) + visible, axis=1)[:, :p]  # hidden tokens sort first
+            targets = np.zeros_like(visible)
+            np.put_along_axis(targets, chosen, True, axis=1)
+        return self._rows(visible, k), self._rows(targets, int(targets[0].sum()))[:, None, :], targets
 
 
 def _default_rank() -> int:

@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 EDITIONS = {
     "mae-vit-small": dict(mask_mode="random", targets="pixels", predictor_type="joint", ema_end=0.0),
     "crossmae-vit-small": dict(mask_mode="random", targets="pixels", predictor_type="crossmae",
-                               predictor_feature_maps=True, predictor_hidden_size=256),
+                               predictor_feature_maps=True, predictor_hidden_size=256,
+                               predictor_num_hidden_layers=12, predictor_num_attention_heads=8,
+                               mask_prediction_ratio=None),
     "ijepa-vit-small": dict(mask_mode="ijepa", targets="final", loss_type="smooth_l1", ema_end=1.0),
     "data2vec2-vit-base": dict(mask_mode="inverse_block", mask_ratio=0.8, mask_repeats=16, targets="5:1:12",
                                target_merge="average", predictor_type="conv"),
