@@ -1,9 +1,10 @@
 """Command-line entry points: argument parsing and one library call each.
 
-Installed as console scripts (`bootleg-pretrain`, `bootleg-probe`, `bootleg-segment`, `bootleg-analyze`,
-`bootleg-masks`, `bootleg-ablation`, `bootleg-demo`, `bootleg-export`, `bootleg-publish`, `bootleg-release`,
-`bootleg-convert-timm`, `bootleg-convert-ijepa`); the files in `training/` and `conversion/` of a clone run the
-same functions. Every function takes `argv` (default: the command line) and returns the process exit status.
+Installed as console scripts (`bootleg-pretrain`, `bootleg-finetune`, `bootleg-probe`, `bootleg-segment`,
+`bootleg-analyze`, `bootleg-masks`, `bootleg-ablation`, `bootleg-demo`, `bootleg-export`, `bootleg-publish`,
+`bootleg-release`, `bootleg-ladders`, `bootleg-convert-timm`, `bootleg-convert-ijepa`); the files in `training/` and
+`conversion/` of a clone run the same functions. Every function takes `argv` (default: the command line) and returns
+the process exit status.
 """
 
 from __future__ import annotations
@@ -344,6 +345,20 @@ through its teacher (--encoder student for the student); random:<preset> is the 
                      overwrite=a.overwrite, precision=a.precision)
     print_summary(result)
     print(f"wrote {', '.join(result['figures'])} and analysis.json to {a.out} in {result['wall_s']:.1f} s")
+    return 0
+
+
+def ladders_main(argv: Sequence[str] | None = None) -> int:
+    from .recipes import LADDERS, ladder_commands
+
+    p = _parser("""The paper's Table 3 as commands: each system from its own settings to Bootleg with its decoder, one
+change per row (bootleg_hf/recipes/ladders/table3.yaml).
+
+    bootleg-ladders --dataset /data/imagenet/train""")
+    p.add_argument("--dataset", default='"$IMAGENET_TRAIN"', help="the --dataset of every command")
+    p.add_argument("--ladders", default=str(LADDERS), help="a ladder file in the same format")
+    a = p.parse_args(argv)
+    print(ladder_commands(a.ladders, a.dataset), end="")
     return 0
 
 

@@ -75,3 +75,43 @@ def test_pretraining_continues_an_encoder_with_the_recipes_objective(tmp_path):
     for name, value in encoder.state_dict().items():
         assert torch.allclose(model.student.state_dict()[name], value, atol=1e-6), name
         assert torch.allclose(model.teacher.state_dict()[name], value, atol=1e-6), name
+
+
+# Table 3's ladders: what each row changes, as BootlegConfig fields (before → after)
+LADDER_STEPS = {
+    "+ EMA teacher": {"targets", "ema_start", "ema_end"},
+    "+ the paper's masking": {"mask_mode"},
+    "+ a ViT predictor per mask region": {"predictor_type", "predictor_feature_maps"},
+    "+ concatenated hidden-layer targets": {"targets", "target_merge"},
+}
+
+
+def test_table3_ladders_change_one_thing_per_row_and_end_as_bootleg(capsys):
+    import shlex
+
+    from bootleg_hf.cli import ladders_main
+    from bootleg_hf.recipes import ladder_rows
+
+    ladders = ladder_rows()
+    assert set(ladders) == {"mae", "crossmae", "data2vec2", "ijepa"}
+    assert ladders_main(["--dataset", "/data/in1k/train"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("bootleg-pretrain")]
+    assert len(commands) == sum(len(rows) for rows in ladders.values())
+    for system, rows in ladders.items():
+        configs = [build_config(load_recipe(recipe, overrides)).to_dict() for _, recipe, overrides in rows]
+        assert configs[0] == build_config(load_recipe(rows[0][1], rows[0][2])).to_dict()
+        assert configs[0]["hidden_size"] == 384  # every ladder at ViT-S
+        assert load_recipe(rows[0][1], rows[0][2])["training"]["num_train_epochs"] == 300
+        for (name, _, _), before, after in zip(rows[1:], configs, configs[1:]):
+            changed = {k for k in after if before.get(k) != after[k]}
+            assert changed and changed <= LADDER_STEPS[name], (system, name, changed)
+        last = configs[-1]
+        assert (last["targets"], last["target_merge"], last["mask_mode"], last["predictor_type"]) == (
+            "1:4:12", "concat", "bootleg", "bootleg")
+        assert last["ema_end"] > 0 and not last["predictor_feature_maps"]
+        # the printed command of each row gives that row's recipe
+        for i, (name, recipe, overrides) in enumerate(rows):
+            argv = shlex.split(next(c for c in commands if c.endswith(f"runs/table3-{system}-{i}")))
+            sets = [argv[j + 1] for j, arg in enumerate(argv) if arg == "--set"]
+            assert argv[argv.index("--recipe") + 1] == recipe and sets == overrides
+            assert argv[argv.index("--dataset") + 1] == "/data/in1k/train"

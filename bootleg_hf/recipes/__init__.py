@@ -68,6 +68,36 @@ def recipe_path(recipe: str | os.PathLike, directory: Path = RECIPE_DIR) -> Path
     raise FileNotFoundError(f"no recipe '{recipe}': give a YAML file or one of {available_recipes(directory)}")
 
 
+LADDERS = RECIPE_DIR / "ladders" / "table3.yaml"
+
+
+def ladder_rows(path: str | os.PathLike = LADDERS) -> dict[str, list[tuple[str, str, list[str]]]]:
+    """The paper's Table 3 as recipes (`ladders/table3.yaml`): per system, its rows as (name, recipe, overrides),
+    each row's overrides those of every row up to it (each row changes one thing of the row before)."""
+    data = read_recipe_file(path, ("<system>",))
+    ladders = {}
+    for system, spec in data.items():
+        overrides: list[str] = []
+        rows = []
+        for row in spec["rows"]:
+            overrides = overrides + [str(item) for item in row["set"]]
+            rows.append((row["name"], spec["recipe"], overrides))
+        ladders[system] = rows
+    return ladders
+
+
+def ladder_commands(path: str | os.PathLike = LADDERS, dataset: str = '"$IMAGENET_TRAIN"') -> str:
+    """Every row of `ladder_rows` as a `bootleg-pretrain` command line on `dataset`, with a comment naming the row
+    (what `bootleg-ladders` prints)."""
+    lines = []
+    for system, rows in ladder_rows(path).items():
+        for i, (name, recipe, overrides) in enumerate(rows):
+            sets = " ".join(f"--set {item}" for item in overrides)
+            lines += [f"# {system} {i}: {name}",
+                      f"bootleg-pretrain --recipe {recipe} {sets} --dataset {dataset} --output-dir runs/table3-{system}-{i}"]
+    return "\n".join(lines) + "\n"
+
+
 def parse_value(text: str) -> Any:
     """A `--set` value, read as YAML 1.2 (see the module docstring)."""
     return yaml.load(text, Loader=RecipeLoader)
