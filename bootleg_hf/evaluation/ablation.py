@@ -661,7 +661,8 @@ def report_markdown(data: dict[str, Any]) -> str:
                 ci = (per.get(k) or {}).get("ci95")
                 cells.append(fmt(per.get(k), sign=True) + (" †" if ci and (ci[0] > 0 or ci[1] < 0) else ""))
             lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
-    lines += ["", "Per seed (top-1 %; target std: each target layer's last logged per-channel std over the target "
+    units = "top-1 % / mIoU %" if data.get("seg_probes") else "top-1 %"
+    lines += ["", f"Per seed ({units}; target std: each target layer's last logged per-channel std over the target "
               "tokens after per-token z-scoring, 1 = diverse targets, near 0 = collapsed teacher):", "",
               "| objective | seed | " + " | ".join(metrics) + " | final loss | target std |",
               "|---" * (4 + len(metrics)) + "|"]
