@@ -157,6 +157,23 @@ EXPECTED_FILES = {
 }
 
 
+def check_ladders(command: str, output: str) -> None:
+    """`bootleg-ladders` prints one `bootleg-pretrain` command per Table 3 row, each on the README's data set
+    (tests/test_editions.py checks what each row's recipe builds)."""
+    from bootleg_hf.recipes import ladder_rows
+
+    argv = shlex.split(command)
+    dataset = argv[argv.index("--dataset") + 1]
+    commands = [shlex.split(line) for line in output.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == sum(len(rows) for rows in ladder_rows().values()), output
+    for argv in commands:
+        assert argv[0] == "bootleg-pretrain" and argv[argv.index("--dataset") + 1] == dataset, argv
+
+
+# Commands that write no folder: what their printed output must show.
+PRINTS = {"bootleg-ladders": check_ladders}
+
+
 @pytest.mark.parametrize("index", [i for i, s in enumerate(STEPS) if s.kind == "command"],
                          ids=lambda i: command_id(STEPS[i]))
 def test_readme_command(index, session):
@@ -165,7 +182,10 @@ def test_readme_command(index, session):
     outcome = session.outcome(index)
     assert outcome.returncode == 0, f"{step.text}\n{outcome.output[-3000:]}"
     tool = step.text.split()[0].removeprefix(".venv/bin/")
-    (folder,) = step.writes  # every README command names its output folder
+    if tool in PRINTS:  # a command whose product is what it prints
+        PRINTS[tool](step.text, outcome.output)
+        return
+    (folder,) = step.writes  # every other README command names its output folder
     out = session.path(folder)
     assert out.is_dir() and any(out.iterdir()), f"{step.text}: {out} is missing or empty"
     for name in EXPECTED_FILES[tool]:

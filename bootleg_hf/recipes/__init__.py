@@ -73,15 +73,18 @@ LADDERS = RECIPE_DIR / "ladders" / "table3.yaml"
 
 def ladder_rows(path: str | os.PathLike = LADDERS) -> dict[str, list[tuple[str, str, list[str]]]]:
     """The paper's Table 3 as recipes (`ladders/table3.yaml`): per system, its rows as (name, recipe, overrides),
-    each row's overrides those of every row up to it (each row changes one thing of the row before)."""
+    each row's overrides those of every row up to it (each row changes one thing of the row before); a key set again
+    keeps its place with the later value, so every key appears once."""
     data = read_recipe_file(path, ("<system>",))
     ladders = {}
     for system, spec in data.items():
-        overrides: list[str] = []
+        settings: dict[str, str] = {}
         rows = []
         for row in spec["rows"]:
-            overrides = overrides + [str(item) for item in row["set"]]
-            rows.append((row["name"], spec["recipe"], overrides))
+            for item in row["set"]:
+                key, _, value = str(item).partition("=")
+                settings[key] = value
+            rows.append((row["name"], spec["recipe"], [f"{k}={v}" for k, v in settings.items()]))
         ladders[system] = rows
     return ladders
 
