@@ -32,7 +32,8 @@ POSITION_EMBEDDING_TYPES = ("sincos", "learned")
 # segmentation heads: the paper's Lin and Blk (Segmenter mask transformers with 0 and 1 block), and `linear` (one
 # Linear per patch: what earlier versions called `lin`, for their saved models)
 SEGMENTATION_HEADS = ("lin", "blk", "linear")
-MASK_MODES = ("bootleg", "ijepa", "random", "inverse_block")  # validated in full by `MaskGenerator` (bootleg_hf/masking.py)
+MASK_MODES = ("bootleg", "ijepa", "random", "inverse_block", "green_noise")  # validated in full by `MaskGenerator`
+HIDDEN_TARGET_MODES = ("random", "inverse_block", "green_noise")  # modes whose targets are every hidden token
 LOSS_TYPES = ("mse", "smooth_l1", "l1")  # computed by `bootleg_hf.losses.prediction_loss`
 PREDICTOR_TYPES = ("bootleg", "joint", "crossmae", "conv")  # built by `modeling_bootleg_pretraining.build_predictor`
 
@@ -81,7 +82,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
         mask_repeats: masked views of each image per step (data2vec 2.0's multi-mask), one teacher pass for all.
         targets, target_merge: teacher targets in the `TargetSpec` grammar; default `default_targets(depth)`.
         loss_type: the prediction loss, `mse` (Bootleg's), `smooth_l1` (I-JEPA's) or `l1` (`bootleg_hf.losses`).
-        mask_*: masking (docs/design.md §5); `mask_prediction_ratio` (modes `random`, `inverse_block`): CrossMAE's
+        mask_*: masking (docs/design.md §5); `mask_noise_sigmas` (mode `green_noise`): the band-pass's two Gaussian
+            standard deviations in patches; `mask_prediction_ratio` (modes `random`, `inverse_block`, `green_noise`): CrossMAE's
             partial reconstruction (its `kept_mask_ratio`), predict only this fraction of the tokens, drawn from the
             hidden ones; None (default): every hidden token. ema_start, ema_end: teacher momentum schedule endpoints
             (docs/design.md §4.4).
@@ -130,6 +132,7 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     mask_block_size: int = 3
     mask_block_adjust: float | int = 0.07
     mask_prediction_ratio: float | int | None = None
+    mask_noise_sigmas: list[float | int] | tuple[float | int, ...] = (1.0, 2.0)
     mask_repeats: int = 1
     ema_start: float | int = 0.9985
     ema_end: float | int = 0.9985
@@ -149,7 +152,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
         elif isinstance(self.targets, int) and not isinstance(self.targets, bool):
             self.targets = str(self.targets)  # a single block, e.g. `--set model.targets=6`
         # pairs are stored as lists, as they come back from config.json
-        for name in ("image_size", "mask_target_scale", "mask_target_aspect", "mask_context_scale"):
+        for name in ("image_size", "mask_target_scale", "mask_target_aspect", "mask_context_scale",
+                     "mask_noise_sigmas"):
             if isinstance(getattr(self, name), tuple):
                 setattr(self, name, list(getattr(self, name)))
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, self.num_hidden_layers + 1)]
@@ -220,10 +224,10 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
         if self.mask_prediction_ratio is not None and (
-                self.mask_mode not in ("random", "inverse_block")
+                self.mask_mode not in HIDDEN_TARGET_MODES
                 or not 0.0 < self.mask_prediction_ratio <= self.mask_ratio):
             raise ValueError(f"mask_prediction_ratio={self.mask_prediction_ratio} (partial reconstruction) needs "
-                             f"mask_mode 'random' or 'inverse_block' (got '{self.mask_mode}') and a value in "
+                             f"mask_mode in {HIDDEN_TARGET_MODES} (got '{self.mask_mode}') and a value in "
                              f"(0, mask_ratio={self.mask_ratio}]")
         if self.predictor_type not in PREDICTOR_TYPES:
             raise ValueError(f"predictor_type must be one of {PREDICTOR_TYPES}, got '{self.predictor_type}'")

@@ -1,4 +1,5 @@
-"""Multi-block masking for Bootleg (docs/design.md §5), legacy I-JEPA masking and MAE random masking.
+"""Multi-block masking for Bootleg (docs/design.md §5), legacy I-JEPA masking, MAE random masking, data2vec 2.0's
+inverse block masking and ColorMAE's green-noise masking.
 
 Conventions: the patch grid is ``Gh × Gw`` with ``N = Gh·Gw`` tokens in raster (row-major) order, token
 ``t`` ↔ (row ``t // Gw``, column ``t % Gw``). Rectangle shapes are ``h × w`` = rows × columns and the
@@ -16,14 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .configuration_bootleg import HIDDEN_TARGET_MODES
 from .configuration_bootleg import MASK_MODES as MODES
 
 __all__ = ["MaskBatch", "MaskGenerator", "BootlegDataCollator", "MODES"]
 
-_DEFAULT_TARGET_SCALE = {"bootleg": (0.16, 0.183), "ijepa": (0.15, 0.2), "random": (0.16, 0.183),
-                         "inverse_block": (0.16, 0.183)}
-_DEFAULT_TARGET_ASPECT = {"bootleg": (2 / 3, 3 / 2), "ijepa": (0.75, 1.5), "random": (2 / 3, 3 / 2),
-                          "inverse_block": (2 / 3, 3 / 2)}
+# target rectangles exist in the block modes only; the other modes keep the Bootleg values (unused, shown in repr)
+_DEFAULT_TARGET_SCALE = {mode: (0.16, 0.183) for mode in MODES} | {"ijepa": (0.15, 0.2)}
+_DEFAULT_TARGET_ASPECT = {mode: (2 / 3, 3 / 2) for mode in MODES} | {"ijepa": (0.75, 1.5)}
 _MAX_REPLACEMENTS = 100  # bootleg: rounds of re-placing images whose context is below min_context
 _LEGACY_TIMEOUT = 20  # ijepa: failed context placements before one target constraint is dropped
 
@@ -79,6 +80,13 @@ class MaskGenerator:
             *visible*; then exactly ``int(N·(1 − mask_ratio))`` visible tokens per image (surplus ones dropped,
             missing ones added, each uniformly at random); one "rectangle" holding every hidden token (or the
             ``prediction_ratio`` subset, as in ``"random"``).
+        ``"green_noise"``: ColorMAE's green-noise masking: per image, white Gaussian noise band-pass filtered as the
+            difference of two Gaussian blurs (standard deviations ``noise_sigmas`` = (σ1, σ2), σ1 < σ2, in patches;
+            computed on a grid padded by ⌈3σ2⌉ on each side and cropped, so no border effects, as ColorMAE crops
+            windows from larger patterns); the ``int(N·(1 − mask_ratio))`` tokens with the largest values are
+            visible (ColorMAE keeps the strongest values); targets as in ``"random"``. ColorMAE's own σ values are
+            not published in a form this project could read: (1, 2), a band around a period of ~6.5 patches, is
+            ours.
 
     Every ``generate`` call builds a fresh ``numpy`` RNG from
     ``SeedSequence([seed, epoch, rank, worker, *batch_index])``, so masks are a pure function of these inputs.
@@ -98,6 +106,7 @@ class MaskGenerator:
         block_size: int = 3,
         block_adjust: float = 0.07,
         prediction_ratio: float | None = None,
+        noise_sigmas: tuple[float, float] = (1.0, 2.0),
         seed: int = 0,
     ) -> None:
         dims = (grid, grid) if isinstance(grid, (int, np.integer)) else tuple(int(g) for g in grid)
@@ -137,9 +146,13 @@ class MaskGenerator:
         if block_adjust < 0:
             raise ValueError(f"block_adjust must be >= 0, got {block_adjust}")
         self.block_size, self.block_adjust = int(block_size), float(block_adjust)
+        sigma1, sigma2 = _pair("noise_sigmas", noise_sigmas)
+        if not 0 < sigma1 < sigma2:
+            raise ValueError(f"noise_sigmas must satisfy 0 < sigma1 < sigma2 (a band-pass), got {(sigma1, sigma2)}")
+        self.noise_sigmas = (sigma1, sigma2)
         if prediction_ratio is not None:
-            if mode not in ("random", "inverse_block"):
-                raise ValueError(f"prediction_ratio (partial reconstruction) needs mode 'random' or 'inverse_block', "
+            if mode not in HIDDEN_TARGET_MODES:
+                raise ValueError(f"prediction_ratio (partial reconstruction) needs a mode in {HIDDEN_TARGET_MODES}, "
                                  f"whose targets are every hidden token; got mode {mode!r}")
             if not 0 < prediction_ratio <= mask_ratio:
                 raise ValueError(f"prediction_ratio must lie in (0, mask_ratio={mask_ratio}], got {prediction_ratio}")
@@ -177,7 +190,8 @@ class MaskGenerator:
                    target_scale=config.mask_target_scale, target_aspect=config.mask_target_aspect,
                    context_scale=config.mask_context_scale, min_context=config.mask_min_context,
                    mask_ratio=config.mask_ratio, block_size=config.mask_block_size,
-                   block_adjust=config.mask_block_adjust, prediction_ratio=config.mask_prediction_ratio, seed=seed)
+                   block_adjust=config.mask_block_adjust, prediction_ratio=config.mask_prediction_ratio,
+                   noise_sigmas=tuple(config.mask_noise_sigmas), seed=seed)
 
     @property
     def num_patches(self) -> int:
@@ -188,7 +202,7 @@ class MaskGenerator:
                 f"target_scale={self.target_scale}, target_aspect={self.target_aspect}, "
                 f"context_scale={self.context_scale}, min_context={self.min_context}, "
                 f"mask_ratio={self.mask_ratio}, block_size={self.block_size}, block_adjust={self.block_adjust}, "
-                f"prediction_ratio={self.prediction_ratio}, seed={self.seed})")
+                f"prediction_ratio={self.prediction_ratio}, noise_sigmas={self.noise_sigmas}, seed={self.seed})")
 
     # ------------------------------------------------------------------------------------------------ API
     def generate(
@@ -215,7 +229,7 @@ class MaskGenerator:
             raise ValueError(f"seed, epoch, rank, worker and batch_index must be non-negative, got {words}")
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
         sampler = {"bootleg": self._bootleg, "ijepa": self._ijepa, "random": self._random,
-                   "inverse_block": self._inverse_block}[self.mode]
+                   "inverse_block": self._inverse_block, "green_noise": self._green_noise}[self.mode]
         ctx, tgt, union = sampler(rng, int(batch_size))
         return MaskBatch(torch.from_numpy(ctx.astype(np.int64, copy=False)),
                          torch.from_numpy(tgt.astype(np.int64, copy=False)), torch.from_numpy(union))
@@ -358,6 +372,19 @@ class MaskGenerator:
         np.put_along_axis(visible, order, True, axis=1)
         return self._hidden_targets(rng, visible, k)
 
+    def _green_noise(self, rng: np.random.Generator, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        gh, gw = self.grid
+        pad = math.ceil(3 * self.noise_sigmas[1])
+        noise = rng.standard_normal((b, gh + 2 * pad, gw + 2 * pad))
+        # separable blurs as matrices: out[i] = sum_j K[i, j] noise[j] over the padded axis, cropped to the grid
+        band = sum(sign * _blur_matrix(gh, pad, sigma) @ noise @ _blur_matrix(gw, pad, sigma).T
+                   for sign, sigma in zip((1, -1), self.noise_sigmas))
+        k = int(self.num_patches * (1 - self.mask_ratio))
+        strongest = np.argsort(-band.reshape(b, -1), axis=1, kind="stable")[:, :k]
+        visible = np.zeros((b, self.num_patches), dtype=bool)
+        np.put_along_axis(visible, strongest, True, axis=1)
+        return self._hidden_targets(rng, visible, k)
+
     def _num_predicted(self, ratio: float) -> int:
         n = self.num_patches
         return n - int(n * (1 - self.mask_ratio)) - int(n * (self.mask_ratio - ratio))
@@ -373,6 +400,13 @@ class MaskGenerator:
             targets = np.zeros_like(visible)
             np.put_along_axis(targets, chosen, True, axis=1)
         return self._rows(visible, k), self._rows(targets, int(targets[0].sum()))[:, None, :], targets
+
+
+def _blur_matrix(size: int, pad: int, sigma: float) -> np.ndarray:
+    """``[size, size + 2·pad]``: a normalised Gaussian blur (std ``sigma``) of a padded axis, cropped to its centre."""
+    offsets = np.arange(size + 2 * pad)[None, :] - (np.arange(size)[:, None] + pad)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2) * (np.abs(offsets) <= pad)
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def _default_rank() -> int:

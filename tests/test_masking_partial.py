@@ -60,7 +60,7 @@ def test_partial_reconstruction_on_inverse_block_masks():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"mode": "bootleg", "prediction_ratio": 0.25}, "needs mode 'random' or 'inverse_block'"),
+    ({"mode": "bootleg", "prediction_ratio": 0.25}, "needs a mode in"),
     ({"mode": "random", "prediction_ratio": 0.8}, r"\(0, mask_ratio=0.75\]"),
     ({"mode": "random", "prediction_ratio": 0.0}, r"\(0, mask_ratio=0.75\]")])
 def test_bad_prediction_ratios_are_refused(kwargs, message):
