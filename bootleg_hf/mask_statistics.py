@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from .checkpoints import check_output
+from .configuration_bootleg import HIDDEN_TARGET_MODES
 from .masking import MaskBatch, MaskGenerator
 from .reports import write_json
 
@@ -43,7 +44,7 @@ def mask_statistics(generator: MaskGenerator, batch_size: int = 256, batches: in
     Returns ``seen_rate`` / ``target_rate`` (``[batches]`` arrays: context tokens / N, union of targets / N,
     averaged over the images of each batch), their ``*_mean`` / ``*_std``, ``context_freq`` and
     ``target_freq`` (``[Gh, Gw]`` per-position frequencies over all images) and ``shapes`` (a Counter of
-    ``"h×w"`` over every rectangle of every batch; empty in ``random`` mode, whose target is not a rectangle).
+    ``"h×w"`` over every rectangle of every batch; empty in the modes whose target is every hidden token, not a rectangle).
     """
     gh, gw = generator.grid
     n = generator.num_patches
@@ -57,7 +58,7 @@ def mask_statistics(generator: MaskGenerator, batch_size: int = 256, batches: in
         target[i] = union.mean()
         ctx_count += np.bincount(ctx.ravel(), minlength=n)
         tgt_count += union.sum(axis=0)
-        if generator.mode != "random":  # rectangle sizes are shared by the batch: read them from image 0
+        if generator.mode not in HIDDEN_TARGET_MODES:  # rectangle sizes are shared by the batch: read them from image 0
             shapes.update("%d×%d" % rectangle_shape(r, gw) for r in m.target_indices[0].numpy())
     total = batches * batch_size
     return {"mode": generator.mode, "grid": (gh, gw), "batch_size": batch_size, "batches": batches,
@@ -101,7 +102,7 @@ def plot_sample_masks(generators: Mapping[str, MaskGenerator] | Sequence[MaskGen
     """
     if not isinstance(generators, Mapping):
         generators = {g.mode: g for g in generators}
-    n_rect = max(1 if g.mode == "random" else g.num_targets for g in generators.values())
+    n_rect = max(1 if g.mode in HIDDEN_TARGET_MODES else g.num_targets for g in generators.values())
     cmap = ListedColormap([UNUSED, CONTEXT] + [RECT_COLOURS[k % len(RECT_COLOURS)] for k in range(n_rect)])
     aspect = max(g.grid[0] / g.grid[1] for g in generators.values())  # panel height / width
     fig = Figure(figsize=(2.6 * len(generators), 2.6 * aspect * n_images + 0.8), layout="constrained")
@@ -113,7 +114,7 @@ def plot_sample_masks(generators: Mapping[str, MaskGenerator] | Sequence[MaskGen
         for row in range(n_images):
             ax = axes[row, col]
             ax.imshow(mask_labels(masks, gen.grid, row), cmap=cmap, vmin=0, vmax=1 + n_rect, interpolation="nearest")
-            if gen.mode != "random":
+            if gen.mode not in HIDDEN_TARGET_MODES:
                 for k, rect in enumerate(masks.target_indices[row].numpy()):
                     (top, left), (h, w) = divmod(int(rect[0]), gw), rectangle_shape(rect, gw)
                     ax.add_patch(Rectangle((left - 0.5, top - 0.5), w, h, fill=False, lw=1.8,
@@ -126,8 +127,9 @@ def plot_sample_masks(generators: Mapping[str, MaskGenerator] | Sequence[MaskGen
                 ax.set_title(f"{name}: K={masks.context_indices.shape[1]} context tokens", fontsize=9)
     handles = [Patch(color=CONTEXT, label="context"), Patch(color=UNUSED, label="unused")]
     handles += [Patch(color=RECT_COLOURS[k % len(RECT_COLOURS)], label=f"target {k + 1}") for k in range(n_rect)]
-    if any(g.mode == "random" for g in generators.values()):
-        handles[2].set_label("target 1 (random: all hidden)")
+    hidden = [name for name, g in generators.items() if g.mode in HIDDEN_TARGET_MODES]
+    if hidden:
+        handles[2].set_label(f"target 1 ({', '.join(hidden)}: all hidden)")
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8)
     if path is not None:
         fig.savefig(path, dpi=110)

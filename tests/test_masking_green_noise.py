@@ -108,3 +108,4 @@ def test_config_round_trip_a_pretraining_step_and_the_statistics_command(tmp_pat
                        "--out", str(tmp_path / "masks")]) == 0
     stats = json.loads((tmp_path / "masks" / "mask_stats.json").read_text())
     assert stats["green_noise"]["seen_mean"] == pytest.approx(int(196 * 0.25) / 196) and stats["green_noise"]["seen_std"] == 0
+    assert stats["green_noise"]["shapes"] == {}  # its target is every hidden token, not a rectangle

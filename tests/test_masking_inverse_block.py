@@ -73,3 +73,4 @@ def test_a_pretraining_step_on_inverse_block_masks_and_the_statistics_command(tm
     stats = json.loads((tmp_path / "masks" / "mask_stats.json").read_text())
     assert stats["inverse_block"]["seen_mean"] == pytest.approx(int(196 * 0.25) / 196)  # the command's ratio 0.75
     assert stats["inverse_block"]["seen_std"] == 0.0 and stats["inverse_block"]["target_mean"] == pytest.approx(0.75)
+    assert stats["inverse_block"]["shapes"] == {}  # its target is every hidden token, not a rectangle
