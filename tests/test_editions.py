@@ -21,7 +21,7 @@ EDITIONS = {
                                predictor_num_hidden_layers=12, predictor_num_attention_heads=8,
                                mask_prediction_ratio=None),
     "ijepa-vit-small": dict(mask_mode="ijepa", targets="final", loss_type="smooth_l1", ema_end=1.0),
-    "data2vec2-vit-base": dict(mask_mode="inverse_block", mask_ratio=0.8, mask_repeats=16, targets="5:1:12",
+    "data2vec2-vit-base": dict(mask_mode="inverse_block", mask_ratio=0.8, mask_repeats=16, targets="3:1:12",
                                target_merge="average", predictor_type="conv"),
     "mae-micro": dict(mask_mode="random", targets="pixels", predictor_type="joint"),
     "mae-bootleg-micro": dict(mask_mode="bootleg", targets="1:2:6", predictor_type="joint"),
@@ -29,11 +29,13 @@ EDITIONS = {
     "crossmae-bootleg-micro": dict(mask_mode="bootleg", targets="1:2:6", predictor_type="crossmae"),
 }
 
+CLIPPING = {"data2vec2-vit-base": 4.0}  # gradient-norm clipping where the system's own code clips; none elsewhere
+
 
 @pytest.mark.parametrize("name", sorted(EDITIONS))
 def test_each_edition_recipe_builds_its_model(name):
     recipe = load_recipe(name)
-    assert recipe["training"]["max_grad_norm"] == 0.0
+    assert recipe["training"]["max_grad_norm"] == CLIPPING.get(name, 0.0)
     config = build_config(recipe)
     for key, value in EDITIONS[name].items():
         assert getattr(config, key) == value, key
