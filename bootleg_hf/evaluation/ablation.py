@@ -698,7 +698,7 @@ def plot_report(data: dict[str, Any], path: Path) -> None:
     seeds as dots; the raw-pixel reference of each quick metric as a dashed line in its colour."""
     summary, probes = data["summary"], data["metrics"]
     names = list(summary)
-    fig = Figure(figsize=(max(7.0, 1.45 * len(names)), 4.4), layout="constrained")
+    fig = Figure(figsize=(max(7.0, (0.6 + 0.15 * len(probes)) * len(names) + 2.5), 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     x = np.arange(len(names))
@@ -726,17 +726,18 @@ def plot_report(data: dict[str, Any], path: Path) -> None:
             lows.append(pixels["mean"])
     floor = max(0.0, 5 * math.floor((min(lows) - 5) / 5))
     ax.set_ylim(floor, min(100.0, max(lows) + 4))
+    upright = len(probes) <= 3  # more bars per group are too narrow for horizontal numbers
     for offset, means in labels:  # the means, inside the bars near their base (clear of the error bars)
         for xo, m, n in zip(offset, means, names):
             ax.text(xo, floor + 0.02 * (ax.get_ylim()[1] - floor), f"{m:.1f}", ha="center", va="bottom", fontsize=7,
-                    color="black" if n == RANDOM_INIT else "white", fontweight="bold")
+                    rotation=0 if upright else 90, color="black" if n == RANDOM_INIT else "white", fontweight="bold")
     ax.set_xticks(x, [LABELS[n].replace(" (", "\n(").replace(", ", ",\n", 1) for n in names], fontsize=7)
     s = data["settings"]
     ax.set(ylabel=("top-1 % / mIoU %" if data.get("seg_probes") else "top-1 %") + " (frozen encoder)",
            title=f"Objective ablation, {data['preset']} on {s['dataset']}: {s['steps']} steps × {s['batch_size']}, "
                  f"mean ± std over {len(data['seeds'])} seeds")
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: the bars reach the top
     fig.savefig(path, dpi=120)
 
 
