@@ -5,16 +5,15 @@ its visible count, band-pass in its spectrum (unlike random, inverse-block and B
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import check_hidden_target_mode, check_seeded_partition, tiny_config
 from torchvision.transforms.functional import gaussian_blur
 
-from bootleg_hf import BootlegConfig, BootlegForPretraining, MaskGenerator
+from bootleg_hf import BootlegConfig, MaskGenerator
 
 
 def reference_visible(grid: int, sigmas: tuple[float, float], mask_ratio: float, batch: int,
@@ -42,15 +41,8 @@ def test_visible_tokens_are_the_strongest_band_passed_noise(grid, sigmas, ratio)
 
 def test_green_noise_masks_are_seeded_exact_and_partition_the_grid():
     g = MaskGenerator(14, "green_noise", mask_ratio=0.75)
-    m = g.generate(256, seed=3, epoch=1)
-    again = g.generate(256, seed=3, epoch=1)
-    assert torch.equal(m.context_indices, again.context_indices) and torch.equal(m.target_indices, again.target_indices)
-    assert not torch.equal(m.context_indices, g.generate(256, seed=4, epoch=1).context_indices)
+    check_seeded_partition(g, 256)
     k = int(196 * 0.25)
-    assert m.context_indices.shape == (256, k) and m.target_indices.shape == (256, 1, 196 - k)
-    for ctx, tgt, union in zip(m.context_indices, m.target_indices[:, 0], m.target_mask):
-        assert torch.equal(torch.sort(torch.cat([ctx, tgt])).values, torch.arange(196))
-        assert bool((ctx.diff() > 0).all()) and not union[ctx].any() and union[tgt].all()
     # stationary noise, no border effects: every position is visible about equally often
     rate = (~g.generate(4000, seed=0).target_mask).float().mean(0)
     assert (rate - k / 196).abs().max().item() < 0.05  # 4000 draws: ±0.007 std per position
@@ -97,15 +89,4 @@ def test_config_round_trip_a_pretraining_step_and_the_statistics_command(tmp_pat
     assert reloaded.mask_noise_sigmas == [0.5, 1.0]
     generator = MaskGenerator.from_config(reloaded)
     assert generator.mode == "green_noise" and generator.noise_sigmas == (0.5, 1.0)
-    masks = generator.generate(4, seed=0)
-    model = BootlegForPretraining(config)
-    loss = model(torch.randn(4, 3, 32, 32), masks.context_indices, masks.target_indices).loss
-    loss.backward()
-    assert torch.isfinite(loss) and model.predictor.mask_token.grad is not None
-    from bootleg_hf.cli import masks_main
-
-    assert masks_main(["--grid", "14", "14", "--batch-size", "64", "--batches", "3", "--modes", "green_noise",
-                       "--out", str(tmp_path / "masks")]) == 0
-    stats = json.loads((tmp_path / "masks" / "mask_stats.json").read_text())
-    assert stats["green_noise"]["seen_mean"] == pytest.approx(int(196 * 0.25) / 196) and stats["green_noise"]["seen_std"] == 0
-    assert stats["green_noise"]["shapes"] == {}  # its target is every hidden token, not a rectangle
+    check_hidden_target_mode(reloaded, tmp_path)

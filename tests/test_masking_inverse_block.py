@@ -4,14 +4,13 @@ step on its masks."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import check_hidden_target_mode, check_seeded_partition, tiny_config
 
-from bootleg_hf import BootlegForPretraining, MaskGenerator
+from bootleg_hf import MaskGenerator
 
 
 def visible_neighbours(target_mask: torch.Tensor, grid: int) -> float:
@@ -27,15 +26,7 @@ def visible_neighbours(target_mask: torch.Tensor, grid: int) -> float:
 
 def test_inverse_block_masks_are_seeded_exact_and_clustered_on_a_14x14_grid():
     g = MaskGenerator(14, "inverse_block", mask_ratio=0.8)
-    m = g.generate(512, seed=3, epoch=1)
-    again = g.generate(512, seed=3, epoch=1)
-    assert torch.equal(m.context_indices, again.context_indices) and torch.equal(m.target_indices, again.target_indices)
-    assert not torch.equal(m.context_indices, g.generate(512, seed=4, epoch=1).context_indices)
-    k = int(196 * (1 - 0.8))  # 39 visible tokens in every image, as data2vec's require_same_masks
-    assert m.context_indices.shape == (512, k) and m.target_indices.shape == (512, 1, 196 - k)
-    for ctx, tgt, union in zip(m.context_indices, m.target_indices[:, 0], m.target_mask):
-        assert torch.equal(torch.sort(torch.cat([ctx, tgt])).values, torch.arange(196))
-        assert bool((ctx.diff() > 0).all()) and not union[ctx].any() and union[tgt].all()
+    m = check_seeded_partition(g, 512)  # 39 visible tokens in every image, as data2vec's require_same_masks
     # visible tokens come in 3×3 blocks: far more visible neighbours than uniform masking at the same ratio
     uniform = MaskGenerator(14, "random", mask_ratio=0.8).generate(512, seed=3)
     assert visible_neighbours(m.target_mask, 14) > 3 * visible_neighbours(uniform.target_mask, 14)
@@ -62,15 +53,4 @@ def test_a_pretraining_step_on_inverse_block_masks_and_the_statistics_command(tm
     config = tiny_config(mask_mode="inverse_block", mask_ratio=0.75, mask_block_size=2)
     masks = MaskGenerator.from_config(config).generate(4, seed=0)
     assert masks.context_indices.shape == (4, 4)  # int(16 · 0.25) on the 4×4 grid
-    model = BootlegForPretraining(config)
-    loss = model(torch.randn(4, 3, 32, 32), masks.context_indices, masks.target_indices).loss
-    loss.backward()
-    assert torch.isfinite(loss) and model.predictor.mask_token.grad is not None
-    from bootleg_hf.cli import masks_main
-
-    assert masks_main(["--grid", "14", "14", "--batch-size", "64", "--batches", "3", "--modes", "inverse_block",
-                       "--out", str(tmp_path / "masks")]) == 0
-    stats = json.loads((tmp_path / "masks" / "mask_stats.json").read_text())
-    assert stats["inverse_block"]["seen_mean"] == pytest.approx(int(196 * 0.25) / 196)  # the command's ratio 0.75
-    assert stats["inverse_block"]["seen_std"] == 0.0 and stats["inverse_block"]["target_mean"] == pytest.approx(0.75)
-    assert stats["inverse_block"]["shapes"] == {}  # its target is every hidden token, not a rectangle
+    check_hidden_target_mode(config, tmp_path)
