@@ -8,7 +8,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
-from .targets import TargetSpec
+from .targets import TARGET_NORMS, TargetSpec
 
 # name → encoder and predictor shape; targets follow `default_targets` of the depth (1:4:12, 1:4:24, 1:2:6).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -81,12 +81,15 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
             weighted feature maps) or `conv` (data2vec 2.0's, `predictor_kernel_size`, `predictor_groups`).
         mask_repeats: masked views of each image per step (data2vec 2.0's multi-mask), one teacher pass for all.
         targets, target_merge: teacher targets in the `TargetSpec` grammar; default `default_targets(depth)`.
+        target_norm: `token` (default: each representation z-scored per token over channels) or `instance` (data2vec
+            2.0's: per channel over the image's patch tokens, then the merged target per token; `bootleg_hf.targets`).
         loss_type: the prediction loss, `mse` (Bootleg's), `smooth_l1` (I-JEPA's) or `l1` (`bootleg_hf.losses`).
         mask_*: masking (docs/design.md §5); `mask_noise_sigmas` (mode `green_noise`): the band-pass's two Gaussian
             standard deviations in patches; `mask_prediction_ratio` (modes `random`, `inverse_block`, `green_noise`): CrossMAE's
             partial reconstruction (its `kept_mask_ratio`), predict only this fraction of the tokens, drawn from the
             hidden ones; None (default): every hidden token. ema_start, ema_end: teacher momentum schedule endpoints
-            (docs/design.md §4.4).
+            (docs/design.md §4.4), reached after `ema_anneal_steps` optimizer steps (None: at the end of the run) and
+            kept from there, as data2vec 2.0's `ema_anneal_end_step`.
         probe_type, segmentation_head: head types of `BootlegForImageClassification` / `…ForSemanticSegmentation`.
         out_features, out_indices, apply_layernorm, reshape_hidden_states: `BootlegBackbone` outputs
             (`stage_names = ["stem", "stage1", …]`, index k = output of block k).
@@ -121,6 +124,7 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     predictor_groups: int = 16
     targets: str | int | None = None
     target_merge: str = "concat"
+    target_norm: str = "token"
     loss_type: str = "mse"
     mask_mode: str = "bootleg"
     mask_num_targets: int = 4
@@ -136,6 +140,7 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
     mask_repeats: int = 1
     ema_start: float | int = 0.9985
     ema_end: float | int = 0.9985
+    ema_anneal_steps: int | None = None
     probe_type: str = "xblk"
     segmentation_head: str = "lin"
     semantic_loss_ignore_index: int = 255
@@ -219,6 +224,9 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
         for name in ("ema_start", "ema_end"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.ema_anneal_steps is not None and (not isinstance(self.ema_anneal_steps, int)
+                                                  or self.ema_anneal_steps < 1):
+            raise ValueError(f"ema_anneal_steps must be a positive integer or None, got {self.ema_anneal_steps!r}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate}")
         if not 0.0 < self.mask_ratio < 1.0:
@@ -234,6 +242,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
         if self.predictor_feature_maps and self.predictor_type != "crossmae":
             raise ValueError("predictor_feature_maps=True (CrossMAE's weighted feature maps) needs predictor_type="
                              f"'crossmae', got '{self.predictor_type}'")
+        if self.target_norm not in TARGET_NORMS:
+            raise ValueError(f"target_norm must be one of {TARGET_NORMS}, got '{self.target_norm}'")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got '{self.loss_type}'")
         if self.mask_mode not in MASK_MODES:

@@ -25,7 +25,7 @@ from .modeling_bootleg import (
     is_tracing,
     sincos_position_embedding,
 )
-from .targets import merge_targets, normalized_pixels, patchify, zscore
+from .targets import instance_zscore, merge_targets, normalized_pixels, patchify, zscore
 
 
 def channel_std(x: torch.Tensor) -> torch.Tensor:
@@ -204,8 +204,9 @@ class BootlegForPretraining(BootlegPreTrainedModel):
                                                                                                    torch.Tensor]:
         """Teacher targets `[B, R, T, D_t]` (fp32) from one teacher pass, plus per-term std `[|L|]`.
 
-        Each requested representation is gathered at the target cells, z-scored per token over channels, and merged
-        (`concat`, or data2vec-style `average`). Same as `build_targets(teacher_features(x), x, target_indices)`.
+        Each requested representation is gathered at the target cells, z-scored per token over channels (or, with
+        `target_norm="instance"`, per channel over the image's patch tokens, the merged target then per token), and
+        merged (`concat`, or data2vec-style `average`). Same as `build_targets(teacher_features(x), x, target_indices)`.
         """
         with torch.no_grad():
             return self.build_targets(self.teacher_features(pixel_values), pixel_values, target_indices)
@@ -225,14 +226,18 @@ class BootlegForPretraining(BootlegPreTrainedModel):
             prefix = self.config.num_prefix_tokens
             features = iter(features)
             per_term = []
+            instance = self.config.target_norm == "instance"
             for term in self.target_spec.terms:
                 if term.kind == "pixels":
                     patches = patchify(pixel_values, self.config.patch_size)
                     per_term.append(normalized_pixels(gather_tokens(patches, flat)))
+                elif instance:  # statistics over all of the image's patch tokens, then the target cells
+                    per_term.append(gather_tokens(instance_zscore(next(features)[:, prefix:]), flat))
                 else:  # offset the indices past CLS/registers rather than slicing (a gather on contiguous rows)
                     per_term.append(zscore(gather_tokens(next(features), flat + prefix)))
             target_std = torch.stack([channel_std(x) for x in per_term])
-            return merge_targets(per_term, self.target_spec.merge).reshape(b, r, t, -1), target_std
+            targets = merge_targets(per_term, self.target_spec.merge, layer_norm=instance)
+            return targets.reshape(b, r, t, -1), target_std
 
     def forward(
         self,

@@ -16,6 +16,10 @@ import torch.nn.functional as F
 BLOCK_KINDS = ("out", "mid", "attn", "mlp")
 SPECIAL_TERMS = ("final", "embed", "pixels")
 MERGES = ("concat", "average")
+# how each teacher representation is normalised before merging: per token over channels (I-JEPA, Bootleg), or per
+# channel over the image's patch tokens, with the merged target then z-scored per token (data2vec 2.0's
+# instance_norm_target_layer + layer_norm_targets)
+TARGET_NORMS = ("token", "instance")
 TARGET_EPS = 1e-5  # per-token z-score eps (I-JEPA's F.layer_norm convention: biased variance)
 PIXEL_EPS = 1e-6  # MAE's norm_pix_loss convention: unbiased variance
 
@@ -133,8 +137,23 @@ def normalized_pixels(patches: torch.Tensor) -> torch.Tensor:
     return (patches - mean) / (var + PIXEL_EPS).sqrt()
 
 
-def merge_targets(per_term: list[torch.Tensor], merge: str) -> torch.Tensor:
-    """Combine already z-scored per-term targets [..., D_i] into one target [..., D_total]."""
-    if merge == "concat" or len(per_term) == 1:
-        return torch.cat(per_term, dim=-1) if len(per_term) > 1 else per_term[0]
-    return zscore(torch.stack(per_term).mean(0))
+def instance_zscore(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel z-score over the tokens of each image, no affine: `x [B, N, D]` (patch tokens only). Biased
+    variance, eps 1e-5, as `F.instance_norm` on `[B, D, N]`. Computed in fp32."""
+    x = x.float()
+    mean = x.mean(1, keepdim=True)
+    var = (x - mean).square().mean(1, keepdim=True)
+    return (x - mean) / (var + TARGET_EPS).sqrt()
+
+
+def merge_targets(per_term: list[torch.Tensor], merge: str, layer_norm: bool = False) -> torch.Tensor:
+    """Combine already normalised per-term targets [..., D_i] into one target [..., D_total]: concatenated, or their
+    average z-scored per token (data2vec's averaging). `layer_norm`: z-score the merged target per token in any case
+    (data2vec 2.0's `layer_norm_targets`, used with `target_norm="instance"`)."""
+    if len(per_term) == 1:
+        merged = per_term[0]
+    elif merge == "concat":
+        merged = torch.cat(per_term, dim=-1)
+    else:
+        merged, layer_norm = torch.stack(per_term).mean(0), True
+    return zscore(merged) if layer_norm else merged

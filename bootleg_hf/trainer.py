@@ -137,6 +137,8 @@ def weight_decay_at(step: int, total: int, wd_init: float, wd_final: float) -> f
 
 
 def momentum_at(step: int, total: int, ema_start: float, ema_end: float) -> float:
+    """Linear from `ema_start` at step 0 to `ema_end` at step `total` (the run's length, or the config's
+    `ema_anneal_steps`), then constant."""
     return ema_start + (ema_end - ema_start) * min(step / max(1, total), 1.0)
 
 
@@ -155,6 +157,7 @@ class Schedule:
     wd_final: float
     ema_start: float
     ema_end: float
+    ema_anneal_steps: int | None = None  # None: over the whole run (checkpoints saved before it existed)
 
     def lr(self, step: int) -> float:
         return learning_rate_at(step, self.total_steps, self.warmup_steps, self.lr_init, self.lr_max,
@@ -164,7 +167,7 @@ class Schedule:
         return weight_decay_at(step, self.total_steps, self.wd_init, self.wd_final)
 
     def momentum(self, step: int) -> float:
-        return momentum_at(step, self.total_steps, self.ema_start, self.ema_end)
+        return momentum_at(step, self.ema_anneal_steps or self.total_steps, self.ema_start, self.ema_end)
 
 
 class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
@@ -208,12 +211,13 @@ class BootlegEMACallback(TrainerCallback):
     """The EMA teacher update after every optimizer step, for a stock `transformers.Trainer` training
     `BootlegForPretraining` (`BootlegTrainer` has it built in): `Trainer(model, args, data_collator=
     BootlegDataCollator(...), callbacks=[BootlegEMACallback()])`. The momentum goes linearly from the model config's
-    `ema_start` to `ema_end` over the run's `max_steps`. Without it the model refuses its second training step."""
+    `ema_start` to `ema_end` over the run's `max_steps` (or its `ema_anneal_steps`). Without it the model refuses its
+    second training step."""
 
     def momentum(self, model: BootlegForPretraining, state) -> float:
         # global_step was just incremented: the update that produced it used the momentum of global_step - 1
-        return momentum_at(state.global_step - 1, max(1, state.max_steps), model.config.ema_start,
-                           model.config.ema_end)
+        return momentum_at(state.global_step - 1, model.config.ema_anneal_steps or max(1, state.max_steps),
+                           model.config.ema_start, model.config.ema_end)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         model = getattr(model, "module", model)  # DDP / DataParallel wrappers
@@ -306,7 +310,7 @@ class BootlegTrainer(Trainer):
         """The schedule the arguments and the model config ask for, at the run's length."""
         a, config = self.args, self.unwrapped_model.config
         return Schedule(self.total_steps, a.get_warmup_steps(self.total_steps), a.lr_init, a.lr_max, a.lr_final,
-                        a.lr_scale, a.wd_init, a.wd_final, config.ema_start, config.ema_end)
+                        a.lr_scale, a.wd_init, a.wd_final, config.ema_start, config.ema_end, config.ema_anneal_steps)
 
     @property
     def schedule(self) -> Schedule:
@@ -330,6 +334,7 @@ class BootlegTrainer(Trainer):
                                self.state.global_step, differ)
         config = self.unwrapped_model.config
         config.ema_start, config.ema_end = self._schedule.ema_start, self._schedule.ema_end
+        config.ema_anneal_steps = self._schedule.ema_anneal_steps
         for group in self.optimizer.param_groups:  # the LR the next step uses
             group["lr"] = self._schedule.lr(self.state.global_step)
 

@@ -22,7 +22,8 @@ EDITIONS = {
                                mask_prediction_ratio=None),
     "ijepa-vit-small": dict(mask_mode="ijepa", targets="final", loss_type="smooth_l1", ema_end=1.0),
     "data2vec2-vit-base": dict(mask_mode="inverse_block", mask_ratio=0.8, mask_repeats=16, targets="3:1:12",
-                               target_merge="average", predictor_type="conv"),
+                               target_merge="average", target_norm="instance", ema_anneal_steps=100000,
+                               predictor_type="conv"),
     "mae-micro": dict(mask_mode="random", targets="pixels", predictor_type="joint"),
     "mae-bootleg-micro": dict(mask_mode="bootleg", targets="1:2:6", predictor_type="joint"),
     "crossmae-micro": dict(mask_mode="random", targets="pixels", predictor_type="crossmae"),
@@ -84,7 +85,7 @@ LADDER_STEPS = {
     "+ EMA teacher": {"targets", "ema_start", "ema_end"},
     "+ the paper's masking": {"mask_mode"},
     "+ a ViT predictor per mask region": {"predictor_type", "predictor_feature_maps"},
-    "+ concatenated hidden-layer targets": {"targets", "target_merge"},
+    "+ concatenated hidden-layer targets": {"targets", "target_merge", "target_norm"},
 }
 
 
@@ -108,8 +109,8 @@ def test_table3_ladders_change_one_thing_per_row_and_end_as_bootleg(capsys):
             changed = {k for k in after if before.get(k) != after[k]}
             assert changed and changed <= LADDER_STEPS[name], (system, name, changed)
         last = configs[-1]
-        assert (last["targets"], last["target_merge"], last["mask_mode"], last["predictor_type"]) == (
-            "1:4:12", "concat", "bootleg", "bootleg")
+        assert (last["targets"], last["target_merge"], last["target_norm"], last["mask_mode"],
+                last["predictor_type"]) == ("1:4:12", "concat", "token", "bootleg", "bootleg")
         assert last["ema_end"] > 0 and not last["predictor_feature_maps"]
         # the printed command of each row gives that row's recipe
         for i, (name, recipe, overrides) in enumerate(rows):

@@ -158,6 +158,41 @@ def test_pixel_and_final_targets():
     torch.testing.assert_close(targets[0, 0, 0, :32], F.layer_norm(final, (32,), eps=1e-5), atol=1e-5, rtol=1e-5)
 
 
+def test_instance_normalised_targets_are_data2vec2s(tmp_path):
+    """target_norm="instance": each block normalised per channel over the image's patch tokens (torch's
+    F.instance_norm), averaged, then per token (F.layer_norm) — data2vec 2.0's targets — read at the target cells."""
+    kwargs = dict(image_size=48, num_hidden_layers=3, targets="2:1:3", target_merge="average")
+    model = BootlegForPretraining(tiny_config(**kwargs, target_norm="instance")).eval()
+    masks = make_masks(model.config, 2)
+    x = torch.randn(2, 3, 48, 48)
+    targets, std = model.compute_targets(x, masks.target_indices)
+    hidden = model.teacher(x, output_hidden_states=True).hidden_states
+    normed = [F.instance_norm(hidden[k][:, 5:].transpose(1, 2)).transpose(1, 2) for k in (2, 3)]  # no CLS/registers
+    full = F.layer_norm(torch.stack(normed).mean(0), (32,), eps=1e-5)
+    b, r, t = masks.target_indices.shape
+    expected = torch.stack([full[j, masks.target_indices[j].flatten()] for j in range(b)]).reshape(b, r, t, -1)
+    torch.testing.assert_close(targets, expected, atol=1e-4, rtol=1e-4)
+    assert std.shape == (2,)
+    token = BootlegForPretraining(tiny_config(**kwargs))  # the default normalisation gives other targets
+    token.teacher.load_state_dict(model.teacher.state_dict())
+    assert (token.compute_targets(x, masks.target_indices)[0] - targets).abs().max() > 0.1
+    # concatenated: the instance-normalised blocks side by side, z-scored per token together
+    concat = BootlegForPretraining(tiny_config(**{**kwargs, "target_merge": "concat"}, target_norm="instance"))
+    concat.teacher.load_state_dict(model.teacher.state_dict())
+    cells = torch.stack([torch.cat(normed, -1)[j, masks.target_indices[j].flatten()] for j in range(b)])
+    torch.testing.assert_close(concat.compute_targets(x, masks.target_indices)[0],
+                               F.layer_norm(cells, (64,), eps=1e-5).reshape(b, r, t, -1), atol=1e-4, rtol=1e-4)
+    # saved and reloaded with the model; trains; a wrong value is refused by name
+    model.train()
+    loss = model(x, masks.context_indices, masks.target_indices).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.save_pretrained(tmp_path)
+    assert BootlegForPretraining.from_pretrained(tmp_path).config.target_norm == "instance"
+    with pytest.raises(ValueError, match="target_norm must be one of"):
+        tiny_config(target_norm="batch").check_values()
+
+
 def test_teacher_starts_as_copy_is_frozen_and_ema_is_exact(tmp_path):
     model = BootlegForPretraining(tiny_config())
     pairs = list(zip(model.teacher.parameters(), model.student.parameters()))
@@ -250,6 +285,32 @@ def test_one_step_follows_the_ema_formula_and_param_groups(tmp_path):
     assert all(p.ndim > 1 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
     assert not any(n.startswith("bootleg.") for n in map(names.get, map(id, decay["params"] + no_decay["params"])))
     assert trainer.optimizer.defaults["betas"] == (0.9, 0.95)
+
+
+def test_ema_anneal_steps_end_the_momentum_ramp_early_and_are_saved(tmp_path):
+    """ema_anneal_steps (data2vec 2.0's ema_anneal_end_step): the momentum reaches ema_end after that many steps and
+    stays there; the schedule file of a checkpoint records it, and one written before the field existed still loads."""
+    import dataclasses
+
+    from bootleg_hf.trainer import SCHEDULE_FILE, Schedule
+
+    torch.manual_seed(0)
+    model = BootlegForPretraining(tiny_config(image_size=48, ema_start=0.99, ema_end=0.999, ema_anneal_steps=4))
+    trainer = make_trainer(tmp_path, 10, model=model, save_strategy="steps", save_steps=10)
+    assert [trainer.momentum_at(k) for k in (0, 2, 4, 7)] == pytest.approx([0.99, 0.9945, 0.999, 0.999])
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "ema_momentum" in h]
+    assert [h["ema_momentum"] for h in logs] == pytest.approx([0.999, 0.999])  # steps 5 and 10
+    saved = json.loads((tmp_path / "checkpoint-10" / SCHEDULE_FILE).read_text())
+    assert saved["ema_anneal_steps"] == 4 and saved["total_steps"] == 10
+    assert json.loads((tmp_path / "checkpoint-10" / "config.json").read_text())["ema_anneal_steps"] == 4
+    old = {k: v for k, v in saved.items() if k != "ema_anneal_steps"}
+    assert Schedule(**old).momentum(5) == pytest.approx(0.99 + 0.009 * 5 / 10)  # over the whole run, as before
+    callback = bootleg_hf.BootlegEMACallback()  # the stock-Trainer update follows the same ramp
+    assert callback.momentum(model, type("State", (), {"global_step": 6, "max_steps": 10})) == pytest.approx(0.999)
+    assert dataclasses.asdict(trainer.schedule)["ema_anneal_steps"] == 4
+    with pytest.raises(ValueError, match="ema_anneal_steps must be a positive integer"):
+        tiny_config(ema_anneal_steps=0).check_values()
 
 
 def test_schedules():

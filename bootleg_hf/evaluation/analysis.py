@@ -31,7 +31,7 @@ from ..data import EvalTransform, load_image_dataset
 from ..modeling_bootleg import BootlegModel
 from ..precision import autocast
 from ..reports import write_json
-from ..targets import TargetSpec, TargetTerm, merge_targets, normalized_pixels, patchify, zscore
+from ..targets import TargetSpec, TargetTerm, instance_zscore, merge_targets, normalized_pixels, patchify, zscore
 
 PEARSON_NORMALIZATIONS = ("token", "channel", "none")
 _TINY = 1e-12
@@ -352,12 +352,15 @@ def _json_vector(v) -> list[float | None]:
     return [None if v_ is None or not math.isfinite(v_) else round(float(v_), 6) for v_ in v]
 
 
-def target_representations(reps: dict[str, torch.Tensor], spec) -> dict[str, torch.Tensor]:
-    """Per-target-term regression targets (z-scored per token; pixels already normalised) plus, for several terms,
-    the merged target under ``spec.merge`` (concatenation or data2vec-style average)."""
-    targets = {t.name: (reps[t.name] if t.kind == "pixels" else zscore(reps[t.name])) for t in spec.terms}
+def target_representations(reps: dict[str, torch.Tensor], spec, norm: str = "token") -> dict[str, torch.Tensor]:
+    """Per-target-term regression targets (``reps[name]``: ``[images, patches, D]``; z-scored per token, or per
+    channel over each image's patches with ``norm="instance"``; pixels already normalised) plus, for several terms,
+    the merged target under ``spec.merge`` (concatenation or data2vec-style average), as pretraining builds them."""
+    normalise = instance_zscore if norm == "instance" else zscore
+    targets = {t.name: (reps[t.name] if t.kind == "pixels" else normalise(reps[t.name])) for t in spec.terms}
     if len(targets) > 1:
-        targets[f"merged ({spec.merge})"] = merge_targets(list(targets.values()), spec.merge)
+        merged = merge_targets(list(targets.values()), spec.merge, layer_norm=norm == "instance")
+        targets[f"merged ({spec.merge})"] = merged
     return targets
 
 
@@ -402,7 +405,7 @@ def analyze(model: torch.nn.Module | str, dataset: Any, num_images: int, out_dir
     pear = pearson_matrix(layer_reps, normalize=pearson_normalize)
     cka = cka_matrix(layer_reps)
 
-    targets = target_representations(reps, spec)
+    targets = target_representations(reps, spec, config.target_norm)
     zscored = {name: zscore(r) for name, r in layer_reps.items()}
     tgt_cka = cka_matrix(zscored, targets)
     tgt_pearson = np.full(tgt_cka.shape, np.nan)
