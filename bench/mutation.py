@@ -37,7 +37,7 @@ CORE: dict[str, list[str]] = {
         "xǁMaskGeneratorǁgenerate", "xǁMaskGeneratorǁ_background_size", "xǁMaskGeneratorǁ_boxes",
         "xǁMaskGeneratorǁ_target_indices", "xǁMaskGeneratorǁ_rows", "xǁMaskGeneratorǁ_bootleg",
         "xǁMaskGeneratorǁ_ijepa", "xǁMaskGeneratorǁ_random", "xǁMaskGeneratorǁ_inverse_block",
-        "xǁMaskGeneratorǁ_green_noise", "x_blur_matrix",
+        "xǁMaskGeneratorǁ_green_noise", "x_blur_matrix", "xǁMaskGeneratorǁ_cyclic_block",
         "xǁBootlegDataCollatorǁ")],
     "optimizer groups": ["bootleg_hf.optim.*"],
     "schedules and EMA": [

@@ -32,8 +32,9 @@ POSITION_EMBEDDING_TYPES = ("sincos", "learned")
 # segmentation heads: the paper's Lin and Blk (Segmenter mask transformers with 0 and 1 block), and `linear` (one
 # Linear per patch: what earlier versions called `lin`, for their saved models)
 SEGMENTATION_HEADS = ("lin", "blk", "linear")
-MASK_MODES = ("bootleg", "ijepa", "random", "inverse_block", "green_noise")  # validated in full by `MaskGenerator`
-HIDDEN_TARGET_MODES = ("random", "inverse_block", "green_noise")  # modes whose targets are every hidden token
+MASK_MODES = ("bootleg", "ijepa", "random", "inverse_block", "green_noise", "cyclic_block")  # validated in full by
+# `MaskGenerator`; the modes whose targets are every hidden token:
+HIDDEN_TARGET_MODES = ("random", "inverse_block", "green_noise", "cyclic_block")
 LOSS_TYPES = ("mse", "smooth_l1", "l1")  # computed by `bootleg_hf.losses.prediction_loss`
 PREDICTOR_TYPES = ("bootleg", "joint", "crossmae", "conv")  # built by `modeling_bootleg_pretraining.build_predictor`
 
@@ -85,7 +86,8 @@ class BootlegConfig(BackboneConfigMixin, PreTrainedConfig):
             2.0's: per channel over the image's patch tokens, then the merged target per token; `bootleg_hf.targets`).
         loss_type: the prediction loss, `mse` (Bootleg's), `smooth_l1` (I-JEPA's) or `l1` (`bootleg_hf.losses`).
         mask_*: masking (docs/design.md §5); `mask_noise_sigmas` (mode `green_noise`): the band-pass's two Gaussian
-            standard deviations in patches; `mask_prediction_ratio` (modes `random`, `inverse_block`, `green_noise`): CrossMAE's
+            standard deviations in patches; `mask_target_aspect` (mode `cyclic_block`): the visible block's aspect
+            range; `mask_prediction_ratio` (modes `random`, `inverse_block`, `green_noise`, `cyclic_block`): CrossMAE's
             partial reconstruction (its `kept_mask_ratio`), predict only this fraction of the tokens, drawn from the
             hidden ones; None (default): every hidden token. ema_start, ema_end: teacher momentum schedule endpoints
             (docs/design.md §4.4), reached after `ema_anneal_steps` optimizer steps (None: at the end of the run) and

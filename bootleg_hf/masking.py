@@ -1,5 +1,5 @@
 """Multi-block masking for Bootleg (docs/design.md §5), legacy I-JEPA masking, MAE random masking, data2vec 2.0's
-inverse block masking and ColorMAE's green-noise masking.
+inverse block masking, ColorMAE's green-noise masking and Franca's cyclic block masking.
 
 Conventions: the patch grid is ``Gh × Gw`` with ``N = Gh·Gw`` tokens in raster (row-major) order, token
 ``t`` ↔ (row ``t // Gw``, column ``t % Gw``). Rectangle shapes are ``h × w`` = rows × columns and the
@@ -24,7 +24,8 @@ __all__ = ["MaskBatch", "MaskGenerator", "BootlegDataCollator", "MODES"]
 
 # target rectangles exist in the block modes only; the other modes keep the Bootleg values (unused, shown in repr)
 _DEFAULT_TARGET_SCALE = {mode: (0.16, 0.183) for mode in MODES} | {"ijepa": (0.15, 0.2)}
-_DEFAULT_TARGET_ASPECT = {mode: (2 / 3, 3 / 2) for mode in MODES} | {"ijepa": (0.75, 1.5)}
+# cyclic_block: the aspect range of its visible block, Franca's (min_aspect 0.3 of its masking generator)
+_DEFAULT_TARGET_ASPECT = {mode: (2 / 3, 3 / 2) for mode in MODES} | {"ijepa": (0.75, 1.5), "cyclic_block": (0.3, 1 / 0.3)}
 _MAX_REPLACEMENTS = 100  # bootleg: rounds of re-placing images whose context is below min_context
 _LEGACY_TIMEOUT = 20  # ijepa: failed context placements before one target constraint is dropped
 
@@ -87,6 +88,12 @@ class MaskGenerator:
             visible (ColorMAE keeps the strongest values); targets as in ``"random"``. ColorMAE's own σ values are
             not published in a form this project could read: (1, 2), a band around a period of ~6.5 patches, is
             ours.
+        ``"cyclic_block"``: Franca's CyclicMask (its inverse block masking with a circular shift): per image one
+            visible rectangle of ``k = int(N·(1 − mask_ratio))`` tokens — log-aspect uniform in ``target_aspect``
+            (default Franca's (0.3, 1/0.3)) narrowed so that the rectangle fits the grid, sides ``⌈√(k·a)⌉ ×
+            ⌈√(k/a)⌉``, uniform placement, the first ``k`` of its tokens in raster order — then cyclically shifted
+            by a uniform (rows, columns) offset, wrapping around the grid edges, so every position is equally likely
+            to be visible; targets as in ``"random"``.
 
     Every ``generate`` call builds a fresh ``numpy`` RNG from
     ``SeedSequence([seed, epoch, rank, worker, *batch_index])``, so masks are a pure function of these inputs.
@@ -229,7 +236,8 @@ class MaskGenerator:
             raise ValueError(f"seed, epoch, rank, worker and batch_index must be non-negative, got {words}")
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
         sampler = {"bootleg": self._bootleg, "ijepa": self._ijepa, "random": self._random,
-                   "inverse_block": self._inverse_block, "green_noise": self._green_noise}[self.mode]
+                   "inverse_block": self._inverse_block, "green_noise": self._green_noise,
+                   "cyclic_block": self._cyclic_block}[self.mode]
         ctx, tgt, union = sampler(rng, int(batch_size))
         return MaskBatch(torch.from_numpy(ctx.astype(np.int64, copy=False)),
                          torch.from_numpy(tgt.astype(np.int64, copy=False)), torch.from_numpy(union))
@@ -383,6 +391,24 @@ class MaskGenerator:
         strongest = np.argsort(-band.reshape(b, -1), axis=1, kind="stable")[:, :k]
         visible = np.zeros((b, self.num_patches), dtype=bool)
         np.put_along_axis(visible, strongest, True, axis=1)
+        return self._hidden_targets(rng, visible, k)
+
+    def _cyclic_block(self, rng: np.random.Generator, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        gh, gw = self.grid
+        n = self.num_patches
+        k = int(n * (1 - self.mask_ratio))
+        # aspect a = h / w: ⌈√(k·a)⌉ ≤ Gh needs a ≤ Gh²/k and ⌈√(k/a)⌉ ≤ Gw needs a ≥ k/Gw²
+        hi = min(math.log(self.target_aspect[1]), math.log(gh**2 / k))
+        lo = min(max(math.log(self.target_aspect[0]), math.log(k / gw**2)), hi)
+        a = np.exp(rng.uniform(lo, hi, size=b))
+        h = np.minimum(np.ceil(np.sqrt(k * a)), gh).astype(np.int64)
+        w = np.minimum(np.ceil(np.sqrt(k / a)), gw).astype(np.int64)
+        block = self._boxes(rng.integers(0, gh - h + 1), rng.integers(0, gw - w + 1), h, w)  # [B, N], h·w ≥ k
+        block &= np.cumsum(block, axis=1) <= k
+        # shift by (dy, dx) with wrap-around: position p shows the block's token at p − (dy, dx)
+        dy, dx = rng.integers(0, gh, size=(b, 1)), rng.integers(0, gw, size=(b, 1))
+        rows, cols = np.divmod(np.arange(n), gw)
+        visible = np.take_along_axis(block, (rows - dy) % gh * gw + (cols - dx) % gw, axis=1)
         return self._hidden_targets(rng, visible, k)
 
     def _num_predicted(self, ratio: float) -> int:
