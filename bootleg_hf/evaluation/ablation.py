@@ -698,7 +698,7 @@ def plot_report(data: dict[str, Any], path: Path) -> None:
     seeds as dots; the raw-pixel reference of each quick metric as a dashed line in its colour."""
     summary, probes = data["summary"], data["metrics"]
     names = list(summary)
-    fig = Figure(figsize=(max(7.0, (0.6 + 0.15 * len(probes)) * len(names) + 2.5), 4.4), layout="constrained")
+    fig = Figure(figsize=(max(9.0, (0.6 + 0.15 * len(probes)) * len(names) + 2.5), 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     x = np.arange(len(names))
@@ -732,10 +732,10 @@ def plot_report(data: dict[str, Any], path: Path) -> None:
             ax.text(xo, floor + 0.02 * (ax.get_ylim()[1] - floor), f"{m:.1f}", ha="center", va="bottom", fontsize=7,
                     rotation=0 if upright else 90, color="black" if n == RANDOM_INIT else "white", fontweight="bold")
     ax.set_xticks(x, [LABELS[n].replace(" (", "\n(").replace(", ", ",\n", 1) for n in names], fontsize=7)
-    s = data["settings"]
+    s, seeds = data["settings"], data["seeds"]
     ax.set(ylabel=("top-1 % / mIoU %" if data.get("seg_probes") else "top-1 %") + " (frozen encoder)",
            title=f"Objective ablation, {data['preset']} on {s['dataset']}: {s['steps']} steps × {s['batch_size']}, "
-                 f"mean ± std over {len(data['seeds'])} seeds")
+                 + (f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"))
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: the bars reach the top
     fig.savefig(path, dpi=120)
