@@ -25,7 +25,8 @@ __all__ = ["MaskBatch", "MaskGenerator", "BootlegDataCollator", "MODES"]
 # target rectangles exist in the block modes only; the other modes keep the Bootleg values (unused, shown in repr)
 _DEFAULT_TARGET_SCALE = {mode: (0.16, 0.183) for mode in MODES} | {"ijepa": (0.15, 0.2)}
 # cyclic_block: the aspect range of its visible block, Franca's (min_aspect 0.3 of its masking generator)
-_DEFAULT_TARGET_ASPECT = {mode: (2 / 3, 3 / 2) for mode in MODES} | {"ijepa": (0.75, 1.5), "cyclic_block": (0.3, 1 / 0.3)}
+_DEFAULT_TARGET_ASPECT = ({mode: (2 / 3, 3 / 2) for mode in MODES}
+                          | {"ijepa": (0.75, 1.5), "cyclic_block": (0.3, 1 / 0.3)})
 _MAX_REPLACEMENTS = 100  # bootleg: rounds of re-placing images whose context is below min_context
 _LEGACY_TIMEOUT = 20  # ijepa: failed context placements before one target constraint is dropped
 
@@ -90,10 +91,10 @@ class MaskGenerator:
             ours.
         ``"cyclic_block"``: Franca's CyclicMask (its inverse block masking with a circular shift): per image one
             visible rectangle of ``k = int(N·(1 − mask_ratio))`` tokens — log-aspect uniform in ``target_aspect``
-            (default Franca's (0.3, 1/0.3)) narrowed so that the rectangle fits the grid, sides ``⌈√(k·a)⌉ ×
-            ⌈√(k/a)⌉``, uniform placement, the first ``k`` of its tokens in raster order — then cyclically shifted
-            by a uniform (rows, columns) offset, wrapping around the grid edges, so every position is equally likely
-            to be visible; targets as in ``"random"``.
+            (default Franca's (0.3, 1/0.3)) narrowed so that the rectangle fits the grid, sides
+            ``⌈√(k·a)⌉ × ⌈√(k/a)⌉``, uniform placement, the first ``k`` of its tokens in raster order — then
+            cyclically shifted by a uniform (rows, columns) offset, wrapping around the grid edges, so every
+            position is equally likely to be visible; targets as in ``"random"``.
 
     Every ``generate`` call builds a fresh ``numpy`` RNG from
     ``SeedSequence([seed, epoch, rank, worker, *batch_index])``, so masks are a pure function of these inputs.

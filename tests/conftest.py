@@ -42,17 +42,18 @@ def tiny_config(**overrides) -> bootleg_hf.BootlegConfig:
 
 
 def check_seeded_partition(generator: bootleg_hf.MaskGenerator, batch_size: int):
-    """A hidden-target mode's masks on a 14×14 grid: the same seed gives the same masks and another seed others; every
-    image keeps the same int(196 · (1 − ratio)) visible tokens in raster order, and context and target partition the
-    grid. Returns the masks for the mode's own checks."""
+    """A hidden-target mode's masks: the same seed gives the same masks and another seed others; every image keeps the
+    same int(N · (1 − ratio)) visible tokens in raster order, and context and target partition the grid. Returns the
+    masks for the mode's own checks."""
     m = generator.generate(batch_size, seed=3, epoch=1)
     again = generator.generate(batch_size, seed=3, epoch=1)
     assert torch.equal(m.context_indices, again.context_indices) and torch.equal(m.target_indices, again.target_indices)
     assert not torch.equal(m.context_indices, generator.generate(batch_size, seed=4, epoch=1).context_indices)
-    k = int(196 * (1 - generator.mask_ratio))
-    assert m.context_indices.shape == (batch_size, k) and m.target_indices.shape == (batch_size, 1, 196 - k)
+    n = generator.num_patches
+    k = int(n * (1 - generator.mask_ratio))
+    assert m.context_indices.shape == (batch_size, k) and m.target_indices.shape == (batch_size, 1, n - k)
     for ctx, tgt, union in zip(m.context_indices, m.target_indices[:, 0], m.target_mask):
-        assert torch.equal(torch.sort(torch.cat([ctx, tgt])).values, torch.arange(196))
+        assert torch.equal(torch.sort(torch.cat([ctx, tgt])).values, torch.arange(n))
         assert bool((ctx.diff() > 0).all()) and not union[ctx].any() and union[tgt].all()
     return m
 

@@ -160,7 +160,7 @@ def test_pixel_and_final_targets():
 
 def test_instance_normalised_targets_are_data2vec2s(tmp_path):
     """target_norm="instance": each block normalised per channel over the image's patch tokens (torch's
-    F.instance_norm), averaged, then per token (F.layer_norm) — data2vec 2.0's targets — read at the target cells."""
+    F.instance_norm), averaged, then per token (F.layer_norm) — data2vec 2.0's targets — at the target cells."""
     kwargs = dict(image_size=48, num_hidden_layers=3, targets="2:1:3", target_merge="average")
     model = BootlegForPretraining(tiny_config(**kwargs, target_norm="instance")).eval()
     masks = make_masks(model.config, 2)
