@@ -233,7 +233,7 @@ def test_readme_python_snippet(index, session):
         assert any(f"torch.Size({shape})" == line for line in printed), f"{shape} not printed: {printed}"
     if "trainer.state.log_history" in step.text:  # the loss falls clearly: the LR is the one given, not scaled down
         losses = json.loads(printed[-1])
-        # single-batch losses vary by ~0.03 between seeds : compare pair means
+        # single-batch losses vary by ~0.03 between seeds (here one seed): compare pair means
         assert len(losses) == 8 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.1 and losses[0] > 0.8, losses
 
 
